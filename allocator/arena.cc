@@ -1,0 +1,25 @@
+#include "allocator/arena.h"
+
+#include <mimalloc.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+
+namespace pagedkv::internal {
+
+absl::StatusOr<std::byte*> AllocateArena(int64_t bytes) {
+  void* p = bytes > 0 ? mi_zalloc_aligned(static_cast<size_t>(bytes), kArenaAlignment) : nullptr;
+  if (p == nullptr) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("cannot allocate the K/V arena of ", bytes, " bytes (",
+                     bytes / (int64_t{1} << 20), " MiB); lower num_blocks or memory_budget_bytes"));
+  }
+  return static_cast<std::byte*>(p);
+}
+
+void FreeArena(std::byte* arena) { mi_free(arena); }
+
+}  // namespace pagedkv::internal

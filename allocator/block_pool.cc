@@ -1,0 +1,257 @@
+#include "pagedkv/block_pool.h"
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "allocator/arena.h"
+
+namespace pagedkv {
+
+absl::StatusOr<std::unique_ptr<BlockPool>> BlockPool::Create(const CacheConfig& config) {
+  if (absl::Status s = config.Validate(); !s.ok()) return s;
+  const int32_t num_blocks = config.ResolvedNumBlocks();
+  std::byte* arena = nullptr;
+  int64_t arena_bytes = 0;
+  if (!config.metadata_only) {
+    arena_bytes = int64_t{num_blocks} * config.BlockBytes();
+    absl::StatusOr<std::byte*> allocated = internal::AllocateArena(arena_bytes);
+    if (!allocated.ok()) return allocated.status();
+    arena = *allocated;
+  }
+  return std::unique_ptr<BlockPool>(new BlockPool(config, num_blocks, arena, arena_bytes));
+}
+
+BlockPool::BlockPool(const CacheConfig& config, int32_t num_blocks, std::byte* arena,
+                     int64_t arena_bytes)
+    : config_(config),
+      num_blocks_(num_blocks),
+      block_bytes_(config.BlockBytesPerLayer()),
+      arena_(arena),
+      arena_bytes_(arena_bytes),
+      ref_count_(static_cast<size_t>(num_blocks), 0),
+      state_(static_cast<size_t>(num_blocks), State::kFree),
+      lru_prev_(static_cast<size_t>(num_blocks), kNoBlock),
+      lru_next_(static_cast<size_t>(num_blocks), kNoBlock),
+      cached_(static_cast<size_t>(num_blocks)),
+      tokens_(static_cast<size_t>(num_blocks) * static_cast<size_t>(config.block_size), 0) {
+  free_stack_.reserve(static_cast<size_t>(num_blocks));
+  // Block 0 on top: a fresh pool hands out ids in increasing order.
+  for (BlockId b = num_blocks - 1; b >= 0; --b) free_stack_.push_back(b);
+}
+
+BlockPool::~BlockPool() {
+  if (arena_ != nullptr) internal::FreeArena(arena_);
+}
+
+absl::StatusOr<BlockId> BlockPool::Allocate() {
+  BlockId b;
+  if (!free_stack_.empty()) {
+    b = free_stack_.back();
+    free_stack_.pop_back();
+  } else if (lru_head_ != kNoBlock) {
+    b = lru_head_;
+    LruUnlink(b);
+    DropKey(b);
+    ++evictions_;
+  } else {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("all ", num_blocks_, " blocks are in use (none free, none evictable)"));
+  }
+  state_[Index(b)] = State::kUsed;
+  ref_count_[Index(b)] = 1;
+  return b;
+}
+
+void BlockPool::Acquire(BlockId b) {
+  if (state_[Index(b)] == State::kEvictable) {
+    LruUnlink(b);
+    state_[Index(b)] = State::kUsed;
+  }
+  ++ref_count_[Index(b)];
+}
+
+void BlockPool::Release(BlockId b) {
+  if (--ref_count_[Index(b)] > 0) return;
+  if (cached_[Index(b)].registration != 0) {
+    state_[Index(b)] = State::kEvictable;
+    LruPushBack(b);
+  } else {
+    state_[Index(b)] = State::kFree;
+    free_stack_.push_back(b);
+  }
+}
+
+bool BlockPool::Register(BlockId b, uint64_t key, uint64_t parent_registration, uint64_t salt) {
+  auto [it, inserted] = key_to_block_.try_emplace(key, b);
+  if (!inserted) return false;
+  cached_[Index(b)] = CachedBlockInfo{key, next_registration_++, parent_registration, salt};
+  return true;
+}
+
+void BlockPool::Unregister(BlockId b) { DropKey(b); }
+
+void BlockPool::DropKey(BlockId b) {
+  key_to_block_.erase(cached_[Index(b)].key);
+  cached_[Index(b)] = CachedBlockInfo{};
+}
+
+BlockId BlockPool::Lookup(uint64_t key) const {
+  auto it = key_to_block_.find(key);
+  return it == key_to_block_.end() ? kNoBlock : it->second;
+}
+
+const CachedBlockInfo* BlockPool::cached(BlockId b) const {
+  const CachedBlockInfo& info = cached_[Index(b)];
+  return info.registration != 0 ? &info : nullptr;
+}
+
+void BlockPool::LruPushBack(BlockId b) {
+  lru_prev_[Index(b)] = lru_tail_;
+  lru_next_[Index(b)] = kNoBlock;
+  if (lru_tail_ != kNoBlock) {
+    lru_next_[Index(lru_tail_)] = b;
+  } else {
+    lru_head_ = b;
+  }
+  lru_tail_ = b;
+  ++num_evictable_;
+}
+
+void BlockPool::LruUnlink(BlockId b) {
+  const BlockId prev = lru_prev_[Index(b)];
+  const BlockId next = lru_next_[Index(b)];
+  if (prev != kNoBlock) {
+    lru_next_[Index(prev)] = next;
+  } else {
+    lru_head_ = next;
+  }
+  if (next != kNoBlock) {
+    lru_prev_[Index(next)] = prev;
+  } else {
+    lru_tail_ = prev;
+  }
+  lru_prev_[Index(b)] = lru_next_[Index(b)] = kNoBlock;
+  --num_evictable_;
+}
+
+void BlockPool::CopySlots(BlockId src, BlockId dst, int32_t num_slots) {
+  const int32_t bs = config_.block_size;
+  std::memcpy(tokens(dst), tokens(src), static_cast<size_t>(num_slots) * sizeof(int32_t));
+  if (arena_ == nullptr) return;
+  const size_t row_bytes = static_cast<size_t>(config_.head_dim) * DTypeSize(config_.dtype);
+  const size_t head_bytes = static_cast<size_t>(bs) * row_bytes;
+  const size_t copy_bytes = static_cast<size_t>(num_slots) * row_bytes;
+  for (int32_t layer = 0; layer < config_.num_layers; ++layer) {
+    for (bool is_value : {false, true}) {
+      const std::byte* from = BlockData(layer, is_value, src);
+      std::byte* to = BlockData(layer, is_value, dst);
+      for (int32_t h = 0; h < config_.num_kv_heads; ++h) {
+        std::memcpy(to + h * head_bytes, from + h * head_bytes, copy_bytes);
+      }
+    }
+  }
+}
+
+void BlockPool::Reset() {
+  key_to_block_.clear();
+  free_stack_.clear();
+  for (BlockId b = num_blocks_ - 1; b >= 0; --b) {
+    cached_[Index(b)] = CachedBlockInfo{};
+    state_[Index(b)] = State::kFree;
+    ref_count_[Index(b)] = 0;
+    lru_prev_[Index(b)] = lru_next_[Index(b)] = kNoBlock;
+    free_stack_.push_back(b);
+  }
+  lru_head_ = lru_tail_ = kNoBlock;
+  num_evictable_ = 0;
+}
+
+PoolStats BlockPool::stats() const {
+  PoolStats s;
+  s.num_blocks = num_blocks_;
+  s.free_blocks = num_free();
+  s.evictable_blocks = num_evictable_;
+  s.used_blocks = num_blocks_ - s.free_blocks - s.evictable_blocks;
+  s.cached_blocks = static_cast<int32_t>(key_to_block_.size());
+  s.block_bytes = config_.BlockBytes();
+  s.arena_bytes = arena_bytes_;
+  s.evictions = evictions_;
+  return s;
+}
+
+absl::Status BlockPool::CheckInvariants(absl::Span<const int32_t> expected_ref_counts) const {
+  auto fail = [](auto&&... parts) { return absl::InternalError(absl::StrCat(parts...)); };
+  if (expected_ref_counts.size() != Index(num_blocks_)) {
+    return fail("expected_ref_counts has ", expected_ref_counts.size(), " entries, pool has ",
+                num_blocks_, " blocks");
+  }
+  std::vector<uint8_t> seen(Index(num_blocks_), 0);
+  for (BlockId b : free_stack_) {
+    if (b < 0 || b >= num_blocks_) return fail("free stack holds out-of-range block ", b);
+    if (seen[Index(b)]++ != 0) return fail("block ", b, " is on the free stack twice");
+    if (state_[Index(b)] != State::kFree) return fail("block ", b, " on the free stack is not free");
+  }
+  int32_t lru_count = 0;
+  BlockId prev = kNoBlock;
+  for (BlockId b = lru_head_; b != kNoBlock; b = lru_next_[Index(b)]) {
+    if (b < 0 || b >= num_blocks_) return fail("LRU list holds out-of-range block ", b);
+    if (seen[Index(b)]++ != 0) return fail("block ", b, " is listed twice (free stack or LRU)");
+    if (state_[Index(b)] != State::kEvictable) return fail("block ", b, " in LRU is not evictable");
+    if (lru_prev_[Index(b)] != prev) return fail("LRU back link of block ", b, " is broken");
+    prev = b;
+    ++lru_count;
+  }
+  if (prev != lru_tail_) return fail("LRU tail is ", lru_tail_, " but the list ends at ", prev);
+  if (lru_count != num_evictable_) {
+    return fail("LRU list has ", lru_count, " blocks, counter says ", num_evictable_);
+  }
+  int32_t used = 0;
+  int32_t registered = 0;
+  for (BlockId b = 0; b < num_blocks_; ++b) {
+    const size_t i = Index(b);
+    const bool is_registered = cached_[i].registration != 0;
+    registered += is_registered ? 1 : 0;
+    if (ref_count_[i] != expected_ref_counts[i]) {
+      return fail("block ", b, " has ref_count ", ref_count_[i], " but ", expected_ref_counts[i],
+                  " block-table entries name it");
+    }
+    switch (state_[i]) {
+      case State::kUsed:
+        ++used;
+        if (ref_count_[i] <= 0) return fail("used block ", b, " has ref_count ", ref_count_[i]);
+        break;
+      case State::kEvictable:
+        if (!is_registered) return fail("evictable block ", b, " holds no prefix key");
+        [[fallthrough]];
+      case State::kFree:
+        if (ref_count_[i] != 0) return fail("unused block ", b, " has ref_count ", ref_count_[i]);
+        if (seen[i] == 0) return fail("unused block ", b, " is on neither free stack nor LRU");
+        break;
+    }
+    if (state_[i] == State::kFree && is_registered) return fail("free block ", b, " holds a key");
+    if (is_registered) {
+      const BlockId mapped = Lookup(cached_[i].key);
+      if (mapped != b) return fail("block ", b, "'s key maps to block ", mapped);
+      if (cached_[i].registration >= next_registration_) {
+        return fail("block ", b, " has a registration id not yet handed out");
+      }
+    }
+  }
+  if (static_cast<size_t>(registered) != key_to_block_.size()) {
+    return fail("key index has ", key_to_block_.size(), " keys but ", registered,
+                " blocks are registered");
+  }
+  if (num_free() + num_evictable_ + used != num_blocks_) {
+    return fail("free ", num_free(), " + evictable ", num_evictable_, " + used ", used,
+                " != num_blocks ", num_blocks_);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace pagedkv

@@ -1,0 +1,154 @@
+// BlockPool: the arena of K/V pages, their reference counts, the free list and the eviction order
+// of cached prefix blocks.
+#ifndef PAGEDKV_BLOCK_POOL_H_
+#define PAGEDKV_BLOCK_POOL_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "pagedkv/config.h"
+
+namespace pagedkv {
+
+// Counts of the pool at one moment. free + evictable + used == num_blocks.
+struct PoolStats {
+  int32_t num_blocks = 0;
+  int32_t free_blocks = 0;       // Hold nothing; handed out first.
+  int32_t evictable_blocks = 0;  // Reference count 0 but hold a cached prefix; LRU-evicted.
+  int32_t used_blocks = 0;       // Held by at least one block table.
+  int32_t cached_blocks = 0;     // Registered in the prefix index (used or evictable).
+  int64_t block_bytes = 0;       // K and V bytes one block id names, all layers.
+  int64_t arena_bytes = 0;       // Bytes allocated for K/V; 0 when metadata-only.
+  int64_t evictions = 0;         // Cached blocks reused for something else, since creation.
+};
+
+// The prefix-index entry of a registered block.
+struct CachedBlockInfo {
+  uint64_t key = 0;                  // Chained hash of (parent key, token ids, salt).
+  uint64_t registration = 0;         // Unique per registration, never reused; > 0.
+  uint64_t parent_registration = 0;  // `registration` of the block before it; 0 for a first block.
+  uint64_t salt = 0;                 // Tenant salt; blocks of different salts never match.
+};
+
+// Owns every K/V page of a cache. Block ids name the same token slots in every layer.
+//
+// Memory layout: one arena, allocated once and 2 MiB aligned, so addresses are stable for the
+// pool's whole life. Per layer a K pool then a V pool, each
+//   [num_blocks][num_kv_heads][block_size][head_dim]  of the storage dtype,
+// so one (layer, block, kv head) is one contiguous run of block_size * head_dim elements.
+// Beside the arena, each block keeps the token id of each of its slots.
+//
+// Invariants (CheckInvariants() recounts them):
+//   1. free + evictable + used == num_blocks; each block is in exactly one of the three states.
+//   2. used <=> ref_count > 0; the free stack holds exactly the free blocks, the LRU list exactly
+//      the evictable ones.
+//   3. ref_count[b] == number of block-table entries naming b (checked against the caller's count).
+//   4. evictable => registered; free => not registered; the key index maps each registered key
+//      to its block and nothing else.
+//
+// Thread safety: none; the owner (PagedKvCache) serializes calls.
+class BlockPool {
+ public:
+  // Allocates the arena (none with config.metadata_only). kInvalidArgument for a bad config,
+  // kResourceExhausted when the arena cannot be allocated.
+  static absl::StatusOr<std::unique_ptr<BlockPool>> Create(const CacheConfig& config);
+  ~BlockPool();
+  BlockPool(const BlockPool&) = delete;
+  BlockPool& operator=(const BlockPool&) = delete;
+
+  const CacheConfig& config() const { return config_; }
+  int32_t num_blocks() const { return num_blocks_; }
+  int32_t num_free() const { return static_cast<int32_t>(free_stack_.size()); }
+  int32_t num_evictable() const { return num_evictable_; }
+  // Blocks an allocation can still get: free plus evictable.
+  int32_t num_available() const { return num_free() + num_evictable_; }
+  bool has_storage() const { return arena_ != nullptr; }
+
+  // Hands out one block with reference count 1, O(1). Takes the most recently freed free block
+  // (warm in cache); only when none is free, evicts the least recently used evictable block and
+  // drops its prefix key. kResourceExhausted when neither exists; nothing changes then.
+  absl::StatusOr<BlockId> Allocate();
+  // Adds one reference, O(1). An evictable block (a prefix hit) leaves the LRU order.
+  // REQUIRES: b is used or evictable.
+  void Acquire(BlockId b);
+  // Drops one reference, O(1). At zero the block becomes evictable (at the LRU's most recent end)
+  // if it is registered, free otherwise. REQUIRES: ref_count(b) > 0.
+  void Release(BlockId b);
+  int32_t ref_count(BlockId b) const { return ref_count_[static_cast<size_t>(b)]; }
+
+  // Prefix index. Registers used block b under `key`. Returns false, changing nothing, when the
+  // key is already taken. REQUIRES: b used and not registered.
+  bool Register(BlockId b, uint64_t key, uint64_t parent_registration, uint64_t salt);
+  // Drops b's key. REQUIRES: b used and registered.
+  void Unregister(BlockId b);
+  // The block registered under `key`, or kNoBlock.
+  BlockId Lookup(uint64_t key) const;
+  // b's index entry, or nullptr when b is not registered.
+  const CachedBlockInfo* cached(BlockId b) const;
+
+  // Token ids of b's block_size slots (unspecified for slots no sequence filled).
+  int32_t* tokens(BlockId b) { return &tokens_[Index(b) * config_.block_size]; }
+  const int32_t* tokens(BlockId b) const { return &tokens_[Index(b) * config_.block_size]; }
+
+  // Start of (layer, K or V, block): [num_kv_heads][block_size][head_dim]. REQUIRES: has_storage().
+  std::byte* BlockData(int32_t layer, bool is_value, BlockId b) const {
+    return arena_ + ((2 * int64_t{layer} + (is_value ? 1 : 0)) * num_blocks_ + b) * block_bytes_;
+  }
+  std::byte* arena() const { return arena_; }
+  // Bytes of one block in one pool (K or V of one layer).
+  int64_t block_bytes_per_layer() const { return block_bytes_; }
+
+  // Copies token ids and, with storage, the K/V of every layer for slots [0, num_slots) of `src`
+  // into `dst`. Cost: O(num_slots * layers * heads * head_dim).
+  void CopySlots(BlockId src, BlockId dst, int32_t num_slots);
+
+  // Drops every key and returns every block to free. REQUIRES: no block is used.
+  void Reset();
+
+  PoolStats stats() const;
+  // Recounts invariants 1-4; `expected_ref_counts[b]` is the caller's count of table entries
+  // naming b. kInternal naming the first violation.
+  absl::Status CheckInvariants(absl::Span<const int32_t> expected_ref_counts) const;
+
+ private:
+  enum class State : uint8_t { kFree, kEvictable, kUsed };
+
+  BlockPool(const CacheConfig& config, int32_t num_blocks, std::byte* arena, int64_t arena_bytes);
+  static size_t Index(BlockId b) { return static_cast<size_t>(b); }
+  void LruPushBack(BlockId b);
+  void LruUnlink(BlockId b);
+  void DropKey(BlockId b);
+
+  const CacheConfig config_;
+  const int32_t num_blocks_;
+  const int64_t block_bytes_;
+  std::byte* const arena_;  // Owned; nullptr when metadata-only.
+  const int64_t arena_bytes_;
+
+  std::vector<int32_t> ref_count_;
+  std::vector<State> state_;
+  std::vector<BlockId> free_stack_;  // Top is the most recently freed.
+  // Evictable blocks as a doubly linked list through two arrays: head is least recently used.
+  std::vector<BlockId> lru_prev_;
+  std::vector<BlockId> lru_next_;
+  BlockId lru_head_ = kNoBlock;
+  BlockId lru_tail_ = kNoBlock;
+  int32_t num_evictable_ = 0;
+
+  std::vector<CachedBlockInfo> cached_;  // registration == 0: not registered.
+  absl::flat_hash_map<uint64_t, BlockId> key_to_block_;
+  uint64_t next_registration_ = 1;
+  int64_t evictions_ = 0;
+
+  std::vector<int32_t> tokens_;  // [num_blocks][block_size]
+};
+
+}  // namespace pagedkv
+
+#endif  // PAGEDKV_BLOCK_POOL_H_

@@ -1,0 +1,80 @@
+// CacheConfig: the one options struct of a paged KV cache, and the storage dtypes.
+#ifndef PAGEDKV_CONFIG_H_
+#define PAGEDKV_CONFIG_H_
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+
+namespace pagedkv {
+
+// Element type of the K/V pools. Kernels and writers convert from/to f32 in registers.
+enum class DType : uint8_t {
+  kF32 = 0,
+  kBF16 = 1,
+  kF16 = 2,
+};
+
+// Bytes per element of `dtype`.
+constexpr int DTypeSize(DType dtype) { return dtype == DType::kF32 ? 4 : 2; }
+absl::string_view DTypeName(DType dtype);
+
+// A token-slot page holds `block_size` positions of one sequence for every layer.
+using BlockId = int32_t;
+inline constexpr BlockId kNoBlock = -1;
+
+// Shape and policy of a cache. Every field has a default; `Validate()` names the first field that
+// is out of range. Sizing: give `num_blocks`, or leave it 0 and give `memory_budget_bytes`, from
+// which the largest whole number of blocks is taken.
+struct CacheConfig {
+  // Model shape. Defaults are a small model; presets belong to the caller.
+  int32_t num_layers = 2;
+  int32_t num_kv_heads = 2;
+  int32_t head_dim = 64;
+
+  // Token positions per block. Small blocks waste less at each sequence's tail but make block
+  // tables longer and kernels jump more often; 16 is the usual trade-off.
+  int32_t block_size = 16;
+
+  // Storage dtype of K and V. bf16 halves memory against f32 at about 3 significant digits.
+  DType dtype = DType::kBF16;
+
+  // Number of blocks in the pool. 0: derive from `memory_budget_bytes`.
+  int32_t num_blocks = 0;
+
+  // Bytes for all K and V pools together, used only when `num_blocks` is 0. Blocks are sized as if
+  // storage existed even with `metadata_only`, so a simulation sees the capacity a real cache
+  // would have.
+  int64_t memory_budget_bytes = 0;
+
+  // The longest a sequence may grow; reserving past it is kInvalidArgument, never a silent drop.
+  int64_t max_seq_len = 8192;
+
+  // Share full blocks of identical prompt prefixes (same tokens, same salt) across sequences.
+  // Costs a hash per filled block and keeps freed prefix blocks around until evicted (LRU).
+  bool enable_prefix_caching = false;
+
+  // Keep only the block accounting, no K/V bytes: for planning and simulation of large models.
+  // K/V reads and writes then return kFailedPrecondition.
+  bool metadata_only = false;
+
+  // Bytes of one block in one layer's K pool (or V pool): num_kv_heads * block_size * head_dim
+  // elements.
+  int64_t BlockBytesPerLayer() const;
+  // Bytes one block id names across every layer, K and V together.
+  int64_t BlockBytes() const;
+  // Bytes of K and V for one token across every layer.
+  int64_t BytesPerToken() const;
+
+  // OK when every field is in range and the pool size can be derived; kInvalidArgument naming the
+  // field and its value otherwise.
+  absl::Status Validate() const;
+  // Number of blocks the pool will hold: `num_blocks`, or derived from the budget.
+  // REQUIRES: Validate().ok().
+  int32_t ResolvedNumBlocks() const;
+};
+
+}  // namespace pagedkv
+
+#endif  // PAGEDKV_CONFIG_H_

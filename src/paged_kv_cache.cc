@@ -1,0 +1,464 @@
+#include "pagedkv/paged_kv_cache.h"
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "absl/hash/hash.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+
+namespace pagedkv {
+namespace {
+
+// Chained block key: the parent's key, the salt and the block's token ids. absl::Hash is seeded
+// per process, which is fine for an in-memory index; hits are confirmed token by token anyway.
+uint64_t DefaultBlockHash(uint64_t parent_key, absl::Span<const int32_t> tokens, uint64_t salt) {
+  return absl::HashOf(parent_key, salt, tokens);
+}
+
+constexpr int kSlotBits = 32;
+
+SeqId MakeId(uint32_t slot, uint32_t generation) {
+  return static_cast<SeqId>((uint64_t{generation} << kSlotBits) | slot);
+}
+
+int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<PagedKvCache>> PagedKvCache::Create(const CacheConfig& config) {
+  absl::StatusOr<std::unique_ptr<BlockPool>> pool = BlockPool::Create(config);
+  if (!pool.ok()) return pool.status();
+  return std::unique_ptr<PagedKvCache>(new PagedKvCache(*std::move(pool)));
+}
+
+PagedKvCache::PagedKvCache(std::unique_ptr<BlockPool> pool)
+    : pool_(std::move(pool)), block_hash_(&DefaultBlockHash) {}
+
+PagedKvCache::~PagedKvCache() = default;
+
+PagedKvCache::Sequence* PagedKvCache::Find(SeqId seq) {
+  return const_cast<Sequence*>(std::as_const(*this).Find(seq));
+}
+
+const PagedKvCache::Sequence* PagedKvCache::Find(SeqId seq) const {
+  if (seq < 0) return nullptr;
+  const uint64_t slot = static_cast<uint64_t>(seq) & 0xffffffffu;
+  const uint64_t generation = static_cast<uint64_t>(seq) >> kSlotBits;
+  if (slot >= slots_.size()) return nullptr;
+  const Sequence& s = slots_[slot];
+  return s.live && s.generation == generation ? &s : nullptr;
+}
+
+absl::StatusOr<PagedKvCache::Sequence*> PagedKvCache::Get(SeqId seq) {
+  if (Sequence* s = Find(seq)) return s;
+  return absl::NotFoundError(absl::StrCat("sequence ", seq, " is unknown or was freed"));
+}
+
+absl::StatusOr<const PagedKvCache::Sequence*> PagedKvCache::Get(SeqId seq) const {
+  if (const Sequence* s = Find(seq)) return s;
+  return absl::NotFoundError(absl::StrCat("sequence ", seq, " is unknown or was freed"));
+}
+
+SeqId PagedKvCache::NewSlot() {
+  uint32_t slot;
+  if (!free_slots_.empty()) {
+    slot = free_slots_.back();
+    free_slots_.pop_back();
+  } else {
+    slot = static_cast<uint32_t>(slots_.size());
+    slots_.emplace_back();
+  }
+  Sequence& s = slots_[slot];
+  const uint32_t generation = s.generation + 1;  // Ids of earlier occupants stay dead.
+  s = Sequence{};
+  s.generation = generation;
+  s.live = true;
+  ++num_live_;
+  return MakeId(slot, generation);
+}
+
+absl::StatusOr<NewSequence> PagedKvCache::CreateSequence(absl::Span<const int32_t> prompt,
+                                                         uint64_t salt) {
+  const CacheConfig& config = pool_->config();
+  if (static_cast<int64_t>(prompt.size()) > config.max_seq_len) {
+    return absl::InvalidArgumentError(absl::StrCat("prompt of ", prompt.size(),
+                                                   " tokens exceeds max_seq_len ",
+                                                   config.max_seq_len));
+  }
+  std::vector<BlockId> hits;
+  if (config.enable_prefix_caching && !prompt.empty()) {
+    const size_t bs = static_cast<size_t>(config.block_size);
+    // Leave the last prompt token to compute: the engine needs its logits.
+    const size_t max_blocks = (prompt.size() - 1) / bs;
+    uint64_t parent_key = 0;
+    uint64_t parent_registration = 0;
+    for (size_t i = 0; i < max_blocks; ++i) {
+      absl::Span<const int32_t> block_tokens = prompt.subspan(i * bs, bs);
+      const uint64_t key = block_hash_(parent_key, block_tokens, salt);
+      const BlockId b = pool_->Lookup(key);
+      if (b == kNoBlock) break;
+      const CachedBlockInfo& info = *pool_->cached(b);
+      // Confirm: same salt, same parent chain, same tokens. A hash collision stops here.
+      if (info.salt != salt || info.parent_registration != parent_registration ||
+          !std::equal(block_tokens.begin(), block_tokens.end(), pool_->tokens(b))) {
+        break;
+      }
+      hits.push_back(b);
+      parent_key = key;
+      parent_registration = info.registration;
+    }
+    ++prefix_queries_;
+    prefix_query_tokens_ += static_cast<int64_t>(prompt.size());
+    if (!hits.empty()) ++prefix_hits_;
+    prefix_hit_tokens_ += static_cast<int64_t>(hits.size() * bs);
+  }
+  const SeqId id = NewSlot();
+  Sequence& s = *Find(id);
+  for (BlockId b : hits) pool_->Acquire(b);
+  s.length = static_cast<int64_t>(hits.size()) * config.block_size;
+  s.writable_from = s.length;
+  s.salt = salt;
+  s.chain_blocks = static_cast<int32_t>(hits.size());
+  s.blocks = std::move(hits);
+  return NewSequence{id, s.length};
+}
+
+absl::Status PagedKvCache::NotEnoughBlocks(int64_t needed, absl::string_view what) const {
+  return absl::ResourceExhaustedError(absl::StrCat(
+      what, " needs ", needed, " blocks but only ", pool_->num_available(), " of ",
+      pool_->num_blocks(), " are free or evictable (", pool_->num_free(), " free, ",
+      pool_->num_evictable(), " evictable)"));
+}
+
+absl::StatusOr<int64_t> PagedKvCache::PlanReserve(SeqId id, const Sequence& seq,
+                                                  int64_t num_tokens,
+                                                  absl::Span<const int32_t> tokens) const {
+  const CacheConfig& config = pool_->config();
+  if (num_tokens < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot reserve ", num_tokens, " tokens for sequence ", id));
+  }
+  if (!tokens.empty() && static_cast<int64_t>(tokens.size()) != num_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat("reserving ", num_tokens,
+                                                   " tokens for sequence ", id, " with ",
+                                                   tokens.size(), " token ids"));
+  }
+  if (num_tokens > config.max_seq_len - seq.length) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "sequence ", id, " of length ", seq.length, " cannot grow by ", num_tokens,
+        " tokens past max_seq_len ", config.max_seq_len));
+  }
+  if (num_tokens == 0) return 0;
+  const int64_t bs = config.block_size;
+  const int64_t new_blocks =
+      CeilDiv(seq.length + num_tokens, bs) - static_cast<int64_t>(seq.blocks.size());
+  const bool copy_tail = seq.length % bs != 0 && pool_->ref_count(seq.blocks.back()) > 1;
+  return new_blocks + (copy_tail ? 1 : 0);
+}
+
+void PagedKvCache::CommitReserve(Sequence& seq, int64_t num_tokens,
+                                 absl::Span<const int32_t> tokens) {
+  if (num_tokens == 0) return;
+  const int64_t bs = pool_->config().block_size;
+  const int32_t tail_fill = static_cast<int32_t>(seq.length % bs);
+  if (tail_fill != 0) {
+    const BlockId tail = seq.blocks.back();
+    if (pool_->ref_count(tail) > 1) {
+      // Copy-on-write: the writer gets a private copy, the others keep the original.
+      const BlockId copy = *pool_->Allocate();
+      pool_->CopySlots(tail, copy, tail_fill);
+      pool_->Release(tail);
+      seq.blocks.back() = copy;
+      ++cow_copies_;
+    } else if (pool_->cached(tail) != nullptr) {
+      // A cached block cut short by Truncate and now held by this sequence alone: its slots are
+      // about to change, so it stops naming its prefix.
+      pool_->Unregister(tail);
+    }
+  }
+  const int64_t new_length = seq.length + num_tokens;
+  for (int64_t n = CeilDiv(new_length, bs) - static_cast<int64_t>(seq.blocks.size()); n > 0; --n) {
+    seq.blocks.push_back(*pool_->Allocate());
+  }
+  if (tokens.empty()) {
+    seq.tokens_known = false;
+  } else if (seq.tokens_known) {
+    for (int64_t i = 0; i < num_tokens;) {
+      const int64_t pos = seq.length + i;
+      const int64_t run = std::min(num_tokens - i, bs - pos % bs);
+      std::copy_n(tokens.data() + i, run,
+                  pool_->tokens(seq.blocks[static_cast<size_t>(pos / bs)]) + pos % bs);
+      i += run;
+    }
+  }
+  seq.length = new_length;
+  RegisterFullBlocks(seq);
+}
+
+void PagedKvCache::RegisterFullBlocks(Sequence& seq) {
+  const CacheConfig& config = pool_->config();
+  if (!config.enable_prefix_caching || !seq.tokens_known) return;
+  const int64_t full = seq.length / config.block_size;
+  while (seq.chain_open && seq.chain_blocks < full) {
+    const size_t i = static_cast<size_t>(seq.chain_blocks);
+    const BlockId b = seq.blocks[i];
+    uint64_t parent_key = 0;
+    uint64_t parent_registration = 0;
+    if (i > 0) {
+      const CachedBlockInfo& parent = *pool_->cached(seq.blocks[i - 1]);
+      parent_key = parent.key;
+      parent_registration = parent.registration;
+    }
+    if (const CachedBlockInfo* info = pool_->cached(b); info != nullptr) {
+      // Already registered (shared with a sequence that registered it): extend the chain only
+      // through it when it extends this sequence's parent block.
+      if (info->parent_registration != parent_registration || info->salt != seq.salt) {
+        seq.chain_open = false;
+        return;
+      }
+    } else {
+      const uint64_t key = block_hash_(
+          parent_key, absl::MakeConstSpan(pool_->tokens(b), config.block_size), seq.salt);
+      if (!pool_->Register(b, key, parent_registration, seq.salt)) {
+        // Another block holds the key (the same prefix computed twice, or a collision): this
+        // sequence's later blocks stay out of the index.
+        seq.chain_open = false;
+        return;
+      }
+    }
+    ++seq.chain_blocks;
+  }
+}
+
+absl::StatusOr<int64_t> PagedKvCache::Reserve(SeqId seq, int64_t num_tokens) {
+  ReserveRequest request{seq, num_tokens, {}};
+  if (absl::Status s = ReserveBatch(absl::MakeConstSpan(&request, 1)); !s.ok()) return s;
+  return Find(seq)->length - num_tokens;
+}
+
+absl::StatusOr<int64_t> PagedKvCache::Reserve(SeqId seq, absl::Span<const int32_t> tokens) {
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  ReserveRequest request{seq, n, tokens};
+  if (absl::Status s = ReserveBatch(absl::MakeConstSpan(&request, 1)); !s.ok()) return s;
+  return Find(seq)->length - n;
+}
+
+absl::Status PagedKvCache::ReserveBatch(absl::Span<const ReserveRequest> requests) {
+  const uint64_t stamp = ++batch_counter_;
+  int64_t needed = 0;
+  for (const ReserveRequest& r : requests) {
+    Sequence* s = Find(r.seq);
+    if (s == nullptr) {
+      return absl::NotFoundError(absl::StrCat("sequence ", r.seq, " is unknown or was freed"));
+    }
+    if (s->batch_stamp == stamp) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("sequence ", r.seq, " appears more than once in one ReserveBatch"));
+    }
+    s->batch_stamp = stamp;
+    absl::StatusOr<int64_t> blocks = PlanReserve(r.seq, *s, r.num_tokens, r.tokens);
+    if (!blocks.ok()) return blocks.status();
+    needed += *blocks;
+  }
+  if (needed > pool_->num_available()) {
+    return NotEnoughBlocks(
+        needed, requests.size() == 1
+                    ? absl::StrCat("reserving ", requests[0].num_tokens,
+                                   " tokens for sequence ", requests[0].seq)
+                    : absl::StrCat("reserving for ", requests.size(), " sequences"));
+  }
+  for (const ReserveRequest& r : requests) CommitReserve(*Find(r.seq), r.num_tokens, r.tokens);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<SeqId> PagedKvCache::Fork(SeqId seq) {
+  absl::StatusOr<Sequence*> parent = Get(seq);
+  if (!parent.ok()) return parent.status();
+  const SeqId id = NewSlot();  // May grow slots_: look the parent up again below.
+  Sequence& child = *Find(id);
+  Sequence& source = *Find(seq);
+  source.writable_from = source.length;
+  child.blocks = source.blocks;
+  for (BlockId b : child.blocks) pool_->Acquire(b);
+  child.length = source.length;
+  child.writable_from = source.length;
+  child.salt = source.salt;
+  child.chain_blocks = source.chain_blocks;
+  child.chain_open = source.chain_open;
+  child.tokens_known = source.tokens_known;
+  return id;
+}
+
+void PagedKvCache::ReleaseBlocks(Sequence& seq, size_t keep) {
+  // Deepest first, so the LRU order evicts a prefix's extensions before the prefix itself.
+  while (seq.blocks.size() > keep) {
+    pool_->Release(seq.blocks.back());
+    seq.blocks.pop_back();
+  }
+}
+
+absl::Status PagedKvCache::Truncate(SeqId seq, int64_t length) {
+  absl::StatusOr<Sequence*> found = Get(seq);
+  if (!found.ok()) return found.status();
+  Sequence& s = **found;
+  if (length < 0 || length > s.length) {
+    return absl::InvalidArgumentError(absl::StrCat("cannot truncate sequence ", seq, " of length ",
+                                                   s.length, " to ", length));
+  }
+  const int64_t bs = pool_->config().block_size;
+  ReleaseBlocks(s, static_cast<size_t>(CeilDiv(length, bs)));
+  s.length = length;
+  s.writable_from = std::min(s.writable_from, length);
+  const int64_t full = length / bs;
+  if (full <= s.chain_blocks) {
+    s.chain_blocks = static_cast<int32_t>(full);
+    s.chain_open = true;
+  }
+  if (length == 0) s.tokens_known = true;
+  return absl::OkStatus();
+}
+
+absl::Status PagedKvCache::Free(SeqId seq) {
+  absl::StatusOr<Sequence*> found = Get(seq);
+  if (!found.ok()) return found.status();
+  Sequence& s = **found;
+  ReleaseBlocks(s, 0);
+  s.live = false;
+  free_slots_.push_back(static_cast<uint32_t>(seq & 0xffffffff));
+  --num_live_;
+  return absl::OkStatus();
+}
+
+void PagedKvCache::Clear() {
+  for (SeqId id : SequenceIds()) Free(id).IgnoreError();  // Live ids: cannot fail.
+  pool_->Reset();
+}
+
+bool PagedKvCache::Contains(SeqId seq) const { return Find(seq) != nullptr; }
+
+std::vector<SeqId> PagedKvCache::SequenceIds() const {
+  std::vector<SeqId> ids;
+  ids.reserve(static_cast<size_t>(num_live_));
+  for (size_t slot = 0; slot < slots_.size(); ++slot) {
+    if (slots_[slot].live) ids.push_back(MakeId(static_cast<uint32_t>(slot), slots_[slot].generation));
+  }
+  return ids;
+}
+
+absl::StatusOr<int64_t> PagedKvCache::Length(SeqId seq) const {
+  absl::StatusOr<const Sequence*> s = Get(seq);
+  if (!s.ok()) return s.status();
+  return (*s)->length;
+}
+
+absl::StatusOr<int64_t> PagedKvCache::WritableFrom(SeqId seq) const {
+  absl::StatusOr<const Sequence*> s = Get(seq);
+  if (!s.ok()) return s.status();
+  return (*s)->writable_from;
+}
+
+absl::StatusOr<absl::Span<const BlockId>> PagedKvCache::BlockTable(SeqId seq) const {
+  absl::StatusOr<const Sequence*> s = Get(seq);
+  if (!s.ok()) return s.status();
+  return absl::MakeConstSpan((*s)->blocks);
+}
+
+absl::StatusOr<std::vector<int32_t>> PagedKvCache::Tokens(SeqId seq) const {
+  absl::StatusOr<const Sequence*> found = Get(seq);
+  if (!found.ok()) return found.status();
+  const Sequence& s = **found;
+  if (!s.tokens_known) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "sequence ", seq, " has positions reserved without token ids"));
+  }
+  const int64_t bs = pool_->config().block_size;
+  std::vector<int32_t> tokens(static_cast<size_t>(s.length));
+  for (int64_t pos = 0; pos < s.length; pos += bs) {
+    std::copy_n(pool_->tokens(s.blocks[static_cast<size_t>(pos / bs)]),
+                std::min(bs, s.length - pos), tokens.begin() + pos);
+  }
+  return tokens;
+}
+
+CacheStats PagedKvCache::Stats() const {
+  const CacheConfig& config = pool_->config();
+  const int64_t bs = config.block_size;
+  CacheStats stats;
+  stats.pool = pool_->stats();
+  stats.num_sequences = num_live_;
+  std::vector<int32_t> fill(static_cast<size_t>(pool_->num_blocks()), 0);
+  int64_t entries = 0;
+  for (const Sequence& s : slots_) {
+    if (!s.live) continue;
+    stats.logical_tokens += s.length;
+    entries += static_cast<int64_t>(s.blocks.size());
+    for (size_t i = 0; i < s.blocks.size(); ++i) {
+      const int32_t f = static_cast<int32_t>(std::min<int64_t>(bs, s.length - int64_t(i) * bs));
+      int32_t& slot_fill = fill[static_cast<size_t>(s.blocks[i])];
+      slot_fill = std::max(slot_fill, f);
+    }
+  }
+  for (int32_t f : fill) stats.physical_tokens += f;
+  const int64_t slots = int64_t{stats.pool.used_blocks} * bs;
+  stats.utilization = slots > 0 ? static_cast<double>(stats.physical_tokens) / slots : 0.0;
+  stats.tail_waste_tokens = slots - stats.physical_tokens;
+  stats.blocks_saved_by_sharing = entries - stats.pool.used_blocks;
+  stats.prefix_queries = prefix_queries_;
+  stats.prefix_hits = prefix_hits_;
+  stats.prefix_query_tokens = prefix_query_tokens_;
+  stats.prefix_hit_tokens = prefix_hit_tokens_;
+  stats.cow_copies = cow_copies_;
+  return stats;
+}
+
+absl::Status PagedKvCache::CheckInvariants() const {
+  const CacheConfig& config = pool_->config();
+  std::vector<int32_t> refs(static_cast<size_t>(pool_->num_blocks()), 0);
+  int64_t live = 0;
+  for (size_t slot = 0; slot < slots_.size(); ++slot) {
+    const Sequence& s = slots_[slot];
+    if (!s.live) continue;
+    ++live;
+    const SeqId id = MakeId(static_cast<uint32_t>(slot), s.generation);
+    auto fail = [id](auto&&... parts) {
+      return absl::InternalError(absl::StrCat("sequence ", id, ": ", parts...));
+    };
+    if (s.length < 0 || s.length > config.max_seq_len) {
+      return fail("length ", s.length, " outside [0, ", config.max_seq_len, "]");
+    }
+    if (static_cast<int64_t>(s.blocks.size()) != CeilDiv(s.length, config.block_size)) {
+      return fail(s.blocks.size(), " blocks for length ", s.length);
+    }
+    if (s.writable_from < 0 || s.writable_from > s.length) {
+      return fail("writable_from ", s.writable_from, " outside [0, ", s.length, "]");
+    }
+    if (s.chain_blocks < 0 || s.chain_blocks > s.length / config.block_size) {
+      return fail("chain of ", s.chain_blocks, " blocks for length ", s.length);
+    }
+    for (size_t i = 0; i < s.blocks.size(); ++i) {
+      const BlockId b = s.blocks[i];
+      if (b < 0 || b >= pool_->num_blocks()) return fail("block ", b, " out of range");
+      ++refs[static_cast<size_t>(b)];
+      if (static_cast<int32_t>(i) < s.chain_blocks) {
+        const CachedBlockInfo* info = pool_->cached(b);
+        if (info == nullptr) return fail("chain block ", i, " (block ", b, ") is not registered");
+        const uint64_t parent = i == 0 ? 0 : pool_->cached(s.blocks[i - 1])->registration;
+        if (info->parent_registration != parent || info->salt != s.salt) {
+          return fail("chain block ", i, " (block ", b, ") does not extend its parent");
+        }
+      }
+    }
+  }
+  if (live != num_live_) {
+    return absl::InternalError(absl::StrCat(live, " live sequences, counter says ", num_live_));
+  }
+  return pool_->CheckInvariants(refs);
+}
+
+}  // namespace pagedkv
