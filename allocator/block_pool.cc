@@ -50,6 +50,15 @@ BlockPool::~BlockPool() {
 }
 
 absl::StatusOr<BlockId> BlockPool::Allocate() {
+  const BlockId b = TryAllocate();
+  if (b == kNoBlock) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("all ", num_blocks_, " blocks are in use (none free, none evictable)"));
+  }
+  return b;
+}
+
+BlockId BlockPool::TryAllocate() {
   BlockId b;
   if (!free_stack_.empty()) {
     b = free_stack_.back();
@@ -60,8 +69,7 @@ absl::StatusOr<BlockId> BlockPool::Allocate() {
     DropKey(b);
     ++evictions_;
   } else {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("all ", num_blocks_, " blocks are in use (none free, none evictable)"));
+    return kNoBlock;
   }
   state_[Index(b)] = State::kUsed;
   ref_count_[Index(b)] = 1;

@@ -38,7 +38,10 @@ absl::StatusOr<std::unique_ptr<PagedKvCache>> PagedKvCache::Create(const CacheCo
 }
 
 PagedKvCache::PagedKvCache(std::unique_ptr<BlockPool> pool)
-    : pool_(std::move(pool)), block_hash_(&DefaultBlockHash) {}
+    : pool_(std::move(pool)),
+      block_size_(pool_->config().block_size),
+      prefix_caching_(pool_->config().enable_prefix_caching),
+      block_hash_(&DefaultBlockHash) {}
 
 PagedKvCache::~PagedKvCache() = default;
 
@@ -155,56 +158,57 @@ absl::StatusOr<int64_t> PagedKvCache::PlanReserve(SeqId id, const Sequence& seq,
         " tokens past max_seq_len ", config.max_seq_len));
   }
   if (num_tokens == 0) return 0;
-  const int64_t bs = config.block_size;
+  // Divisions only when the tail block cannot take every new token.
+  const int64_t room = Capacity(seq) - seq.length;
   const int64_t new_blocks =
-      CeilDiv(seq.length + num_tokens, bs) - static_cast<int64_t>(seq.blocks.size());
-  const bool copy_tail = seq.length % bs != 0 && pool_->ref_count(seq.blocks.back()) > 1;
+      num_tokens <= room ? 0 : CeilDiv(num_tokens - room, block_size_);
+  const bool copy_tail =
+      seq.tail_needs_check && room > 0 && pool_->ref_count(seq.blocks.back()) > 1;
   return new_blocks + (copy_tail ? 1 : 0);
 }
 
 void PagedKvCache::CommitReserve(Sequence& seq, int64_t num_tokens,
                                  absl::Span<const int32_t> tokens) {
   if (num_tokens == 0) return;
-  const int64_t bs = pool_->config().block_size;
-  const int32_t tail_fill = static_cast<int32_t>(seq.length % bs);
-  if (tail_fill != 0) {
-    const BlockId tail = seq.blocks.back();
-    if (pool_->ref_count(tail) > 1) {
-      // Copy-on-write: the writer gets a private copy, the others keep the original.
-      const BlockId copy = *pool_->Allocate();
-      pool_->CopySlots(tail, copy, tail_fill);
-      pool_->Release(tail);
-      seq.blocks.back() = copy;
-      ++cow_copies_;
-    } else if (pool_->cached(tail) != nullptr) {
-      // A cached block cut short by Truncate and now held by this sequence alone: its slots are
-      // about to change, so it stops naming its prefix.
-      pool_->Unregister(tail);
+  const int64_t bs = block_size_;
+  int64_t capacity = Capacity(seq);
+  if (seq.tail_needs_check) {
+    seq.tail_needs_check = false;
+    if (capacity > seq.length) {
+      const BlockId tail = seq.blocks.back();
+      if (pool_->ref_count(tail) > 1) {
+        // Copy-on-write: the writer gets a private copy, the others keep the original.
+        const BlockId copy = pool_->TryAllocate();
+        pool_->CopySlots(tail, copy, static_cast<int32_t>(bs - (capacity - seq.length)));
+        pool_->Release(tail);
+        seq.blocks.back() = copy;
+        ++cow_copies_;
+      } else if (pool_->cached(tail) != nullptr) {
+        // A cached block cut short by Truncate and now held by this sequence alone: its slots
+        // are about to change, so it stops naming its prefix.
+        pool_->Unregister(tail);
+      }
     }
   }
   const int64_t new_length = seq.length + num_tokens;
-  for (int64_t n = CeilDiv(new_length, bs) - static_cast<int64_t>(seq.blocks.size()); n > 0; --n) {
-    seq.blocks.push_back(*pool_->Allocate());
-  }
+  for (; capacity < new_length; capacity += bs) seq.blocks.push_back(pool_->TryAllocate());
   if (tokens.empty()) {
     seq.tokens_known = false;
   } else if (seq.tokens_known) {
     for (int64_t i = 0; i < num_tokens;) {
       const int64_t pos = seq.length + i;
-      const int64_t run = std::min(num_tokens - i, bs - pos % bs);
-      std::copy_n(tokens.data() + i, run,
-                  pool_->tokens(seq.blocks[static_cast<size_t>(pos / bs)]) + pos % bs);
+      const int64_t slot = pos % bs;
+      const int64_t run = std::min(num_tokens - i, bs - slot);
+      std::copy_n(tokens.data() + i, run, pool_->tokens(seq.blocks[static_cast<size_t>(pos / bs)]) + slot);
       i += run;
     }
   }
   seq.length = new_length;
-  RegisterFullBlocks(seq);
+  if (prefix_caching_ && seq.tokens_known) RegisterFullBlocks(seq);
 }
 
 void PagedKvCache::RegisterFullBlocks(Sequence& seq) {
-  const CacheConfig& config = pool_->config();
-  if (!config.enable_prefix_caching || !seq.tokens_known) return;
-  const int64_t full = seq.length / config.block_size;
+  const int64_t full = seq.length / block_size_;
   while (seq.chain_open && seq.chain_blocks < full) {
     const size_t i = static_cast<size_t>(seq.chain_blocks);
     const BlockId b = seq.blocks[i];
@@ -224,7 +228,8 @@ void PagedKvCache::RegisterFullBlocks(Sequence& seq) {
       }
     } else {
       const uint64_t key = block_hash_(
-          parent_key, absl::MakeConstSpan(pool_->tokens(b), config.block_size), seq.salt);
+          parent_key, absl::MakeConstSpan(pool_->tokens(b), static_cast<size_t>(block_size_)),
+          seq.salt);
       if (!pool_->Register(b, key, parent_registration, seq.salt)) {
         // Another block holds the key (the same prefix computed twice, or a collision): this
         // sequence's later blocks stay out of the index.
@@ -252,6 +257,7 @@ absl::StatusOr<int64_t> PagedKvCache::Reserve(SeqId seq, absl::Span<const int32_
 absl::Status PagedKvCache::ReserveBatch(absl::Span<const ReserveRequest> requests) {
   const uint64_t stamp = ++batch_counter_;
   int64_t needed = 0;
+  batch_scratch_.clear();
   for (const ReserveRequest& r : requests) {
     Sequence* s = Find(r.seq);
     if (s == nullptr) {
@@ -265,6 +271,7 @@ absl::Status PagedKvCache::ReserveBatch(absl::Span<const ReserveRequest> request
     absl::StatusOr<int64_t> blocks = PlanReserve(r.seq, *s, r.num_tokens, r.tokens);
     if (!blocks.ok()) return blocks.status();
     needed += *blocks;
+    batch_scratch_.push_back(s);
   }
   if (needed > pool_->num_available()) {
     return NotEnoughBlocks(
@@ -273,7 +280,9 @@ absl::Status PagedKvCache::ReserveBatch(absl::Span<const ReserveRequest> request
                                    " tokens for sequence ", requests[0].seq)
                     : absl::StrCat("reserving for ", requests.size(), " sequences"));
   }
-  for (const ReserveRequest& r : requests) CommitReserve(*Find(r.seq), r.num_tokens, r.tokens);
+  for (size_t i = 0; i < requests.size(); ++i) {
+    CommitReserve(*batch_scratch_[i], requests[i].num_tokens, requests[i].tokens);
+  }
   return absl::OkStatus();
 }
 
@@ -284,6 +293,8 @@ absl::StatusOr<SeqId> PagedKvCache::Fork(SeqId seq) {
   Sequence& child = *Find(id);
   Sequence& source = *Find(seq);
   source.writable_from = source.length;
+  source.tail_needs_check = true;
+  child.tail_needs_check = true;
   child.blocks = source.blocks;
   for (BlockId b : child.blocks) pool_->Acquire(b);
   child.length = source.length;
@@ -315,6 +326,7 @@ absl::Status PagedKvCache::Truncate(SeqId seq, int64_t length) {
   ReleaseBlocks(s, static_cast<size_t>(CeilDiv(length, bs)));
   s.length = length;
   s.writable_from = std::min(s.writable_from, length);
+  s.tail_needs_check = true;
   const int64_t full = length / bs;
   if (full <= s.chain_blocks) {
     s.chain_blocks = static_cast<int32_t>(full);

@@ -74,6 +74,9 @@ class BlockPool {
   // (warm in cache); only when none is free, evicts the least recently used evictable block and
   // drops its prefix key. kResourceExhausted when neither exists; nothing changes then.
   absl::StatusOr<BlockId> Allocate();
+  // The same, returning kNoBlock instead of an error: for hot paths that checked
+  // num_available() first.
+  BlockId TryAllocate();
   // Adds one reference, O(1). An evictable block (a prefix hit) leaves the LRU order.
   // REQUIRES: b is used or evictable.
   void Acquire(BlockId b);

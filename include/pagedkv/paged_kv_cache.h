@@ -178,6 +178,10 @@ class PagedKvCache {
     bool chain_open = true;
     bool tokens_known = true;
     bool live = false;
+    // The partial tail block may be shared (after Fork or Truncate) or may hold a prefix key
+    // (after Truncate into a cached block). While false, the tail is known to be private and
+    // uncached, and a reservation touches nothing but this struct and the pool's free list.
+    bool tail_needs_check = false;
   };
   using BlockHashFn = uint64_t (*)(uint64_t parent_key, absl::Span<const int32_t> tokens,
                                    uint64_t salt);
@@ -195,6 +199,10 @@ class PagedKvCache {
   // Validates a reservation; returns the blocks it will take (new ones plus a tail copy).
   absl::StatusOr<int64_t> PlanReserve(SeqId id, const Sequence& seq, int64_t num_tokens,
                                       absl::Span<const int32_t> tokens) const;
+  // Slots in seq's blocks: blocks * block_size.
+  int64_t Capacity(const Sequence& seq) const {
+    return static_cast<int64_t>(seq.blocks.size()) * block_size_;
+  }
   // Carries out a planned reservation; cannot fail once the plan's blocks are available.
   void CommitReserve(Sequence& seq, int64_t num_tokens, absl::Span<const int32_t> tokens);
   absl::Status NotEnoughBlocks(int64_t needed, absl::string_view what) const;
@@ -204,7 +212,10 @@ class PagedKvCache {
   void ReleaseBlocks(Sequence& seq, size_t keep);
 
   std::unique_ptr<BlockPool> pool_;
+  const int64_t block_size_;
+  const bool prefix_caching_;
   std::vector<Sequence> slots_;
+  std::vector<Sequence*> batch_scratch_;  // ReserveBatch's looked-up sequences, reused.
   std::vector<uint32_t> free_slots_;
   int64_t num_live_ = 0;
   uint64_t batch_counter_ = 0;
