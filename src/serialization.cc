@@ -184,7 +184,7 @@ absl::StatusOr<SeqId> PagedKvCache::Restore(absl::string_view payload) {
   Sequence& s = *Find(id);
   s.salt = salt;
   std::vector<int32_t> tokens;
-  if (has_tokens) {
+  if (has_tokens && length > 0) {
     tokens.resize(static_cast<size_t>(length));
     std::memcpy(tokens.data(), payload.data() + offset, static_cast<size_t>(token_bytes));
     offset += token_bytes;
