@@ -23,23 +23,23 @@ absl::Status PagedKvCache::CheckLayer(int32_t layer) const {
                                                  pool_->config().num_layers, ")"));
 }
 
+std::byte* PagedKvCache::Row(const Sequence& seq, int32_t layer, bool is_value, int64_t pos,
+                             int32_t kv_head) const {
+  const CacheConfig& config = pool_->config();
+  const BlockId b = seq.blocks[static_cast<size_t>(pos / block_size_)];
+  const int64_t row = int64_t{kv_head} * block_size_ + pos % block_size_;
+  return pool_->BlockData(layer, is_value, b) + row * config.head_dim * DTypeSize(config.dtype);
+}
+
 void PagedKvCache::WriteRows(const Sequence& seq, int32_t layer, int64_t start, int64_t n,
                              const float* k, const float* v) {
   const CacheConfig& config = pool_->config();
-  const int64_t bs = config.block_size;
   const int64_t dim = config.head_dim;
-  const int64_t row_bytes = dim * DTypeSize(config.dtype);
   for (int64_t i = 0; i < n; ++i) {
-    const int64_t pos = start + i;
-    const BlockId b = seq.blocks[static_cast<size_t>(pos / bs)];
-    const int64_t slot = pos % bs;
-    std::byte* k_page = pool_->BlockData(layer, /*is_value=*/false, b);
-    std::byte* v_page = pool_->BlockData(layer, /*is_value=*/true, b);
     for (int32_t h = 0; h < config.num_kv_heads; ++h) {
       const int64_t in = (i * config.num_kv_heads + h) * dim;
-      const int64_t out = (h * bs + slot) * row_bytes;
-      ConvertFromF32(config.dtype, k + in, dim, k_page + out);
-      ConvertFromF32(config.dtype, v + in, dim, v_page + out);
+      ConvertFromF32(config.dtype, k + in, dim, Row(seq, layer, false, start + i, h));
+      ConvertFromF32(config.dtype, v + in, dim, Row(seq, layer, true, start + i, h));
     }
   }
 }
@@ -109,16 +109,11 @@ absl::Status PagedKvCache::ReadKv(SeqId seq, int32_t layer, int64_t start, int64
     return absl::InvalidArgumentError(absl::StrCat("ReadKv: outputs hold ", k.size(), " and ",
                                                    v.size(), " floats, need ", need));
   }
-  const int64_t bs = config.block_size;
-  const int64_t row_bytes = dim * DTypeSize(config.dtype);
   for (int64_t i = 0; i < n; ++i) {
-    const int64_t pos = start + i;
-    const BlockId b = s.blocks[static_cast<size_t>(pos / bs)];
     for (int32_t h = 0; h < config.num_kv_heads; ++h) {
-      const int64_t offset = (h * bs + pos % bs) * row_bytes;
       const int64_t out = (i * config.num_kv_heads + h) * dim;
-      ConvertToF32(config.dtype, pool_->BlockData(layer, false, b) + offset, dim, k.data() + out);
-      ConvertToF32(config.dtype, pool_->BlockData(layer, true, b) + offset, dim, v.data() + out);
+      ConvertToF32(config.dtype, Row(s, layer, false, start + i, h), dim, k.data() + out);
+      ConvertToF32(config.dtype, Row(s, layer, true, start + i, h), dim, v.data() + out);
     }
   }
   return absl::OkStatus();
@@ -130,15 +125,9 @@ absl::Status PagedKvCache::VisitKv(SeqId seq, int32_t layer, KvVisitor visit) co
   absl::StatusOr<const Sequence*> found = Get(seq);
   if (!found.ok()) return found.status();
   const Sequence& s = **found;
-  const CacheConfig& config = pool_->config();
-  const int64_t bs = config.block_size;
-  const int64_t row_bytes = int64_t{config.head_dim} * DTypeSize(config.dtype);
   for (int64_t pos = 0; pos < s.length; ++pos) {
-    const BlockId b = s.blocks[static_cast<size_t>(pos / bs)];
-    for (int32_t h = 0; h < config.num_kv_heads; ++h) {
-      const int64_t offset = (h * bs + pos % bs) * row_bytes;
-      visit(pos, h, pool_->BlockData(layer, false, b) + offset,
-            pool_->BlockData(layer, true, b) + offset);
+    for (int32_t h = 0; h < config().num_kv_heads; ++h) {
+      visit(pos, h, Row(s, layer, false, pos, h), Row(s, layer, true, pos, h));
     }
   }
   return absl::OkStatus();

@@ -69,8 +69,7 @@ absl::StatusOr<std::string> PagedKvCache::Serialize(SeqId seq) const {
   if (!found.ok()) return found.status();
   const Sequence& s = **found;
   const CacheConfig& config = pool_->config();
-  const int64_t bs = config.block_size;
-  const int64_t row_bytes = int64_t{config.head_dim} * DTypeSize(config.dtype);
+  const size_t row_bytes = static_cast<size_t>(config.head_dim) * DTypeSize(config.dtype);
 
   std::string out;
   out.reserve(static_cast<size_t>(kHeaderBytes + s.length * (4 + config.BytesPerToken()) +
@@ -87,17 +86,14 @@ absl::StatusOr<std::string> PagedKvCache::Serialize(SeqId seq) const {
   Put<int64_t>(out, s.length);
   Put<uint64_t>(out, s.salt);
   if (s.tokens_known) {
-    for (int64_t pos = 0; pos < s.length; ++pos) {
-      Put<int32_t>(out, pool_->tokens(s.blocks[static_cast<size_t>(pos / bs)])[pos % bs]);
-    }
+    const std::vector<int32_t> tokens = *Tokens(seq);
+    out.append(reinterpret_cast<const char*>(tokens.data()), tokens.size() * sizeof(int32_t));
   }
   for (int32_t layer = 0; layer < config.num_layers; ++layer) {
     for (bool is_value : {false, true}) {
       for (int64_t pos = 0; pos < s.length; ++pos) {
-        const std::byte* page = pool_->BlockData(layer, is_value, s.blocks[pos / bs]);
         for (int32_t h = 0; h < config.num_kv_heads; ++h) {
-          out.append(reinterpret_cast<const char*>(page + (h * bs + pos % bs) * row_bytes),
-                     static_cast<size_t>(row_bytes));
+          out.append(reinterpret_cast<const char*>(Row(s, layer, is_value, pos, h)), row_bytes);
         }
       }
     }
@@ -191,16 +187,13 @@ absl::StatusOr<SeqId> PagedKvCache::Restore(absl::string_view payload) {
   }
   CommitReserve(s, length, tokens);
   if (length > 0 && !has_tokens) s.tokens_known = false;
-  const int64_t bs = config.block_size;
-  const int64_t row_bytes = int64_t{config.head_dim} * DTypeSize(config.dtype);
+  const size_t row_bytes = static_cast<size_t>(config.head_dim) * DTypeSize(config.dtype);
   for (int32_t layer = 0; layer < config.num_layers; ++layer) {
     for (bool is_value : {false, true}) {
       for (int64_t pos = 0; pos < length; ++pos) {
-        std::byte* page = pool_->BlockData(layer, is_value, s.blocks[pos / bs]);
         for (int32_t h = 0; h < config.num_kv_heads; ++h) {
-          std::memcpy(page + (h * bs + pos % bs) * row_bytes, payload.data() + offset,
-                      static_cast<size_t>(row_bytes));
-          offset += row_bytes;
+          std::memcpy(Row(s, layer, is_value, pos, h), payload.data() + offset, row_bytes);
+          offset += static_cast<int64_t>(row_bytes);
         }
       }
     }

@@ -207,6 +207,9 @@ class PagedKvCache {
   void CommitReserve(Sequence& seq, int64_t num_tokens, absl::Span<const int32_t> tokens);
   absl::Status NotEnoughBlocks(int64_t needed, absl::string_view what) const;
   void RegisterFullBlocks(Sequence& seq);
+  // The K (or V) row of (layer, position, kv head): head_dim elements of the storage dtype.
+  std::byte* Row(const Sequence& seq, int32_t layer, bool is_value, int64_t pos,
+                 int32_t kv_head) const;
   void WriteRows(const Sequence& seq, int32_t layer, int64_t start, int64_t n, const float* k,
                  const float* v);
   void ReleaseBlocks(Sequence& seq, size_t keep);
