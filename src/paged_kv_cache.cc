@@ -7,6 +7,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/hash/hash.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -404,7 +405,8 @@ CacheStats PagedKvCache::Stats() const {
   CacheStats stats;
   stats.pool = pool_->stats();
   stats.num_sequences = num_live_;
-  std::vector<int32_t> fill(static_cast<size_t>(pool_->num_blocks()), 0);
+  // A block's filled slots are the most any holder uses; only shared blocks need the max.
+  absl::flat_hash_map<BlockId, int32_t> shared_fill;
   int64_t entries = 0;
   for (const Sequence& s : slots_) {
     if (!s.live) continue;
@@ -412,11 +414,15 @@ CacheStats PagedKvCache::Stats() const {
     entries += static_cast<int64_t>(s.blocks.size());
     for (size_t i = 0; i < s.blocks.size(); ++i) {
       const int32_t f = static_cast<int32_t>(std::min<int64_t>(bs, s.length - int64_t(i) * bs));
-      int32_t& slot_fill = fill[static_cast<size_t>(s.blocks[i])];
-      slot_fill = std::max(slot_fill, f);
+      if (pool_->ref_count(s.blocks[i]) == 1) {
+        stats.physical_tokens += f;
+      } else {
+        int32_t& most = shared_fill[s.blocks[i]];
+        most = std::max(most, f);
+      }
     }
   }
-  for (int32_t f : fill) stats.physical_tokens += f;
+  for (const auto& [block, f] : shared_fill) stats.physical_tokens += f;
   const int64_t slots = int64_t{stats.pool.used_blocks} * bs;
   stats.utilization = slots > 0 ? static_cast<double>(stats.physical_tokens) / slots : 0.0;
   stats.tail_waste_tokens = slots - stats.physical_tokens;
