@@ -1,0 +1,53 @@
+# Runs pagedkv-sim on a small trace and checks its JSON and SVG are well formed, then checks that
+# a malformed trace fails naming file, line and field. Variables: SIM, DATA, OUT.
+file(MAKE_DIRECTORY "${OUT}")
+execute_process(
+  COMMAND "${SIM}" --trace "${DATA}/azure_small.csv" --kv-budget 40000-tokens --beam-width 2
+          --json "${OUT}/sim.json" --svg "${OUT}/sim.svg" --check-invariants
+  RESULT_VARIABLE rc OUTPUT_VARIABLE stdout ERROR_VARIABLE stderr)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "pagedkv-sim exited ${rc}: ${stderr}")
+endif()
+file(READ "${OUT}/sim.json" json)
+foreach(policy paged contiguous_max contiguous_doubling)
+  foreach(key utilization_mean peak_sequences completed preemptions tail_waste_tokens_mean
+              shared_blocks_saved_mean prefix_hit_rate wall_seconds)
+    string(JSON type ERROR_VARIABLE err TYPE "${json}" ${policy} ${key})
+    if(err OR NOT type STREQUAL "NUMBER")
+      message(FATAL_ERROR "sim.json: ${policy}.${key} is not a number (${type} ${err})")
+    endif()
+  endforeach()
+  string(JSON completed GET "${json}" ${policy} completed)
+  if(NOT completed EQUAL 8)
+    message(FATAL_ERROR "sim.json: ${policy} completed ${completed} of 8 requests")
+  endif()
+endforeach()
+file(READ "${OUT}/sim.svg" svg)
+string(REGEX MATCHALL "<polyline" lines "${svg}")
+list(LENGTH lines n)
+if(NOT svg MATCHES "^<svg xmlns=\"http://www.w3.org/2000/svg\"" OR NOT svg MATCHES "</svg>\n$"
+   OR NOT n EQUAL 6)
+  message(FATAL_ERROR "sim.svg is not the expected plot (${n} polylines)")
+endif()
+string(REGEX MATCHALL "<[a-z]+ " opened "${svg}")
+string(REGEX MATCHALL "(/>|</[a-z]+>)" closed "${svg}")
+list(LENGTH opened n_open)
+list(LENGTH closed n_closed)
+if(NOT n_open EQUAL n_closed)
+  message(FATAL_ERROR "sim.svg: ${n_open} elements opened, ${n_closed} closed")
+endif()
+
+execute_process(COMMAND "${SIM}" --trace "${DATA}/azure_bad.csv"
+                RESULT_VARIABLE rc OUTPUT_VARIABLE stdout ERROR_VARIABLE stderr)
+if(rc EQUAL 0 OR NOT stderr MATCHES "azure_bad.csv:3: field ContextTokens: '12x' is not an integer")
+  message(FATAL_ERROR "bad trace: exit ${rc}, stderr: ${stderr}")
+endif()
+execute_process(COMMAND "${SIM}" --block-size 0 RESULT_VARIABLE rc ERROR_VARIABLE stderr)
+if(rc EQUAL 0 OR NOT stderr MATCHES "block-size 0")
+  message(FATAL_ERROR "--block-size 0: exit ${rc}, stderr: ${stderr}")
+endif()
+execute_process(COMMAND "${SIM}" --kv-budget 1MiB RESULT_VARIABLE rc ERROR_VARIABLE stderr)
+if(rc EQUAL 0 OR NOT stderr MATCHES "less than one block")
+  message(FATAL_ERROR "--kv-budget 1MiB: exit ${rc}, stderr: ${stderr}")
+endif()
+message(STATUS "pagedkv-sim output checks passed")
