@@ -1,0 +1,220 @@
+// Validation, work planning, threads and the flash-decoding reduction around the per-target
+// kernel in attention_kernel-inl.h.
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "attention/attention.cc"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+#include "hwy/highway.h"
+#include "attention/attention_kernel-inl.h"
+
+#if HWY_ONCE
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <numeric>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "attention/kernel_args.h"
+#include "pagedkv/attention.h"
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+namespace pagedkv {
+namespace internal {
+HWY_EXPORT(AttendItem);
+}  // namespace internal
+
+namespace {
+
+using internal::KernelArgs;
+using internal::WorkItem;
+
+absl::Status Invalid(auto&&... parts) {
+  return absl::InvalidArgumentError(absl::StrCat(parts...));
+}
+
+absl::Status Validate(const PagedKvView& view, int32_t layer, int32_t num_q_heads,
+                      absl::Span<const int32_t> q_offsets, absl::Span<const float> q,
+                      absl::Span<float> out, const AttentionOptions& options) {
+  if (view.arena == nullptr) return Invalid("attention: the view has no K/V storage");
+  if (layer < 0 || layer >= view.num_layers) {
+    return Invalid("attention: layer ", layer, " out of range [0, ", view.num_layers, ")");
+  }
+  if (num_q_heads < 1 || num_q_heads % view.num_kv_heads != 0) {
+    return Invalid("attention: num_q_heads ", num_q_heads, " is not a positive multiple of ",
+                   view.num_kv_heads, " kv heads");
+  }
+  if (q_offsets.size() != static_cast<size_t>(view.num_seqs) + 1 || q_offsets[0] != 0) {
+    return Invalid("attention: q_offsets has ", q_offsets.size(), " entries starting at ",
+                   q_offsets.empty() ? -1 : q_offsets[0], "; want ", view.num_seqs + 1,
+                   " starting at 0");
+  }
+  for (int32_t s = 0; s < view.num_seqs; ++s) {
+    const int64_t n = int64_t{q_offsets[s + 1]} - q_offsets[s];
+    if (n < 0 || n > view.seq_lens[s]) {
+      return Invalid("attention: sequence ", s, " has ", n, " queries but ", view.seq_lens[s],
+                     " cached positions (q_len must be in [0, length])");
+    }
+  }
+  const int64_t expected = int64_t{q_offsets.back()} * num_q_heads * view.head_dim;
+  if (static_cast<int64_t>(q.size()) != expected || static_cast<int64_t>(out.size()) != expected) {
+    return Invalid("attention: q has ", q.size(), " and out ", out.size(), " floats; want ",
+                   expected, " (", q_offsets.back(), " tokens * ", num_q_heads, " heads * ",
+                   view.head_dim, " head_dim)");
+  }
+  if (!std::isfinite(options.scale) || options.scale < 0 || options.sliding_window < 0 ||
+      !(options.soft_cap >= 0) || options.num_threads < 0 || options.min_partition_tokens < 1) {
+    return Invalid("attention: bad options (scale ", options.scale, ", sliding_window ",
+                   options.sliding_window, ", soft_cap ", options.soft_cap, ", num_threads ",
+                   options.num_threads, ", min_partition_tokens ", options.min_partition_tokens,
+                   ")");
+  }
+  return absl::OkStatus();
+}
+
+int32_t ThreadCount(int32_t requested) {
+  if (requested > 0) return requested;
+  return static_cast<int32_t>(std::max(1u, std::thread::hardware_concurrency()));
+}
+
+// Runs fn(i) for i in [0, n) on `threads` threads of the OpenMP pool (created once per process);
+// one thread runs inline.
+template <typename Fn>
+void ParallelFor(int64_t n, int32_t threads, const Fn& fn) {
+#if defined(_OPENMP)
+  if (threads > 1 && n > 1) {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+    for (int64_t i = 0; i < n; ++i) fn(i);
+    return;
+  }
+#endif
+  for (int64_t i = 0; i < n; ++i) fn(i);
+}
+
+}  // namespace
+
+absl::Status ExtendAttention(const PagedKvView& view, int32_t layer, int32_t num_q_heads,
+                             absl::Span<const int32_t> q_offsets, absl::Span<const float> q,
+                             absl::Span<float> out, const AttentionOptions& options) {
+  if (absl::Status s = Validate(view, layer, num_q_heads, q_offsets, q, out, options); !s.ok()) {
+    return s;
+  }
+  KernelArgs args;
+  args.view = view;
+  args.layer = layer;
+  args.num_q_heads = num_q_heads;
+  args.group = num_q_heads / view.num_kv_heads;
+  args.q_offsets = q_offsets.data();
+  args.q = q.data();
+  args.out = out.data();
+  args.scale = options.scale > 0 ? options.scale
+                                 : 1.0f / std::sqrt(static_cast<float>(view.head_dim));
+  args.soft_cap = options.soft_cap;
+  args.sliding_window = options.sliding_window;
+  const int32_t threads = ThreadCount(options.num_threads);
+
+  // Query rows are tiled so that a tile holds about 64 query vectors of one KV head.
+  const int32_t rows_per_tile = std::max<int32_t>(1, 64 / args.group);
+  std::vector<WorkItem> items;
+  for (int32_t s = 0; s < view.num_seqs; ++s) {
+    const int32_t n = q_offsets[s + 1] - q_offsets[s];
+    for (int32_t h = 0; h < view.num_kv_heads; ++h) {
+      for (int32_t r = 0; r < n; r += rows_per_tile) {
+        items.push_back(WorkItem{s, h, r, std::min(n, r + rows_per_tile), 0, view.seq_lens[s], -1});
+      }
+    }
+  }
+  // Flash-decoding: too few items to keep every thread busy, so long key ranges are split into
+  // block-aligned partitions whose partial softmax sums are combined below.
+  struct Split {
+    size_t item;
+    int32_t first_slot;
+    int32_t parts;
+  };
+  std::vector<WorkItem> work;
+  std::vector<Split> splits;
+  const int64_t want = 2 * int64_t{threads};
+  int32_t slots = 0;
+  for (const WorkItem& item : items) {
+    const int64_t keys = item.kv_end;
+    int64_t parts = 1;
+    if (threads > 1 && static_cast<int64_t>(items.size()) < want) {
+      parts = std::min<int64_t>((want + static_cast<int64_t>(items.size()) - 1) /
+                                    static_cast<int64_t>(items.size()),
+                                keys / options.min_partition_tokens);
+      parts = std::max<int64_t>(parts, 1);
+    }
+    if (parts == 1) {
+      work.push_back(item);
+      continue;
+    }
+    splits.push_back(Split{static_cast<size_t>(&item - items.data()), slots,
+                           static_cast<int32_t>(parts)});
+    const int64_t blocks = (keys + view.block_size - 1) / view.block_size;
+    for (int64_t p = 0; p < parts; ++p) {
+      WorkItem piece = item;
+      piece.kv_begin = blocks * p / parts * view.block_size;
+      piece.kv_end = std::min<int64_t>(keys, blocks * (p + 1) / parts * view.block_size);
+      piece.partial = slots++;
+      work.push_back(piece);
+    }
+  }
+  const int64_t queries_per_item = int64_t{rows_per_tile} * args.group;
+  std::vector<float> partials;
+  if (slots > 0) {
+    args.partial_stride = queries_per_item * (view.head_dim + 2);
+    partials.resize(static_cast<size_t>(slots * args.partial_stride));
+    args.partials = partials.data();
+  }
+  ParallelFor(static_cast<int64_t>(work.size()), threads, [&](int64_t i) {
+    HWY_DYNAMIC_DISPATCH(internal::AttendItem)(args, work[static_cast<size_t>(i)]);
+  });
+  if (slots == 0) return absl::OkStatus();
+  // Combine partitions: out = sum_p exp(m_p - M) acc_p / sum_p exp(m_p - M) l_p.
+  const int64_t D = view.head_dim;
+  ParallelFor(static_cast<int64_t>(splits.size()), threads, [&](int64_t k) {
+    const Split& split = splits[static_cast<size_t>(k)];
+    const WorkItem& item = items[split.item];
+    const int32_t first = split.first_slot;
+    const int32_t parts = split.parts;
+    const int64_t rows = item.row_end - item.row_begin;
+    std::vector<float> acc(static_cast<size_t>(D));
+    for (int64_t j = 0; j < rows * args.group; ++j) {
+      float max = -std::numeric_limits<float>::infinity();
+      for (int32_t p = 0; p < parts; ++p) {
+        max = std::max(max, partials[static_cast<size_t>((first + p) * args.partial_stride + j * (D + 2))]);
+      }
+      float sum = 0;
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      for (int32_t p = 0; p < parts; ++p) {
+        const float* part = partials.data() + (first + p) * args.partial_stride + j * (D + 2);
+        if (part[0] == -std::numeric_limits<float>::infinity()) continue;
+        const float w = std::exp(part[0] - max);
+        sum += w * part[1];
+        for (int64_t d = 0; d < D; ++d) acc[static_cast<size_t>(d)] += w * part[2 + d];
+      }
+      const int64_t r = j / args.group;
+      const int64_t g = j % args.group;
+      float* dst = out.data() + ((q_offsets[item.seq] + item.row_begin + r) * num_q_heads +
+                                 item.kv_head * args.group + g) * D;
+      for (int64_t d = 0; d < D; ++d) dst[d] = sum > 0 ? acc[static_cast<size_t>(d)] / sum : 0.0f;
+    }
+  });
+  return absl::OkStatus();
+}
+
+absl::Status DecodeAttention(const PagedKvView& view, int32_t layer, int32_t num_q_heads,
+                             absl::Span<const float> q, absl::Span<float> out,
+                             const AttentionOptions& options) {
+  std::vector<int32_t> q_offsets(static_cast<size_t>(view.num_seqs) + 1);
+  std::iota(q_offsets.begin(), q_offsets.end(), 0);
+  return ExtendAttention(view, layer, num_q_heads, q_offsets, q, out, options);
+}
+
+}  // namespace pagedkv
+#endif  // HWY_ONCE

@@ -1,0 +1,42 @@
+// What the per-target attention kernel receives: plain data, no owner types.
+#ifndef PAGEDKV_ATTENTION_KERNEL_ARGS_H_
+#define PAGEDKV_ATTENTION_KERNEL_ARGS_H_
+
+#include <cstdint>
+
+#include "pagedkv/view.h"
+
+namespace pagedkv::internal {
+
+// One unit of parallel work: query rows [row_begin, row_end) of sequence `seq` (rows counted
+// within the sequence's queries), the query heads of `kv_head`'s group, keys [kv_begin, kv_end).
+struct WorkItem {
+  int32_t seq = 0;
+  int32_t kv_head = 0;
+  int32_t row_begin = 0;
+  int32_t row_end = 0;
+  int64_t kv_begin = 0;
+  int64_t kv_end = 0;
+  // -1: normalize and write `out`. Otherwise the index of this item's partial results
+  // (rows * group * (head_dim + 2) floats: max, sum, then the unnormalized output).
+  int32_t partial = -1;
+};
+
+struct KernelArgs {
+  PagedKvView view;
+  int32_t layer = 0;
+  int32_t num_q_heads = 0;
+  int32_t group = 1;  // Query heads per KV head.
+  const int32_t* q_offsets = nullptr;
+  const float* q = nullptr;
+  float* out = nullptr;
+  float* partials = nullptr;
+  int64_t partial_stride = 0;  // Floats per partial slot.
+  float scale = 1.0f;
+  float soft_cap = 0.0f;
+  int32_t sliding_window = 0;
+};
+
+}  // namespace pagedkv::internal
+
+#endif  // PAGEDKV_ATTENTION_KERNEL_ARGS_H_

@@ -1,0 +1,49 @@
+// Attention kernels that read K/V straight through the block tables of a PagedKvView.
+#ifndef PAGEDKV_ATTENTION_H_
+#define PAGEDKV_ATTENTION_H_
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "absl/types/span.h"
+#include "pagedkv/view.h"
+
+namespace pagedkv {
+
+struct AttentionOptions {
+  // Multiplies q.k before the softmax. 0: 1 / sqrt(head_dim).
+  float scale = 0.0f;
+  // > 0: a query at position p sees only keys in [p - sliding_window + 1, p].
+  int32_t sliding_window = 0;
+  // > 0: logits become soft_cap * tanh(logits / soft_cap) (Gemma 2 style), after scaling.
+  float soft_cap = 0.0f;
+  // Threads of the process-wide pool (OpenMP) to spread work over; 1 runs inline on the caller,
+  // 0 uses every hardware thread.
+  int32_t num_threads = 1;
+  // With more threads than (sequence, kv head) work, a long context is split into partitions of
+  // at least this many tokens that run in parallel and are reduced (flash-decoding).
+  int32_t min_partition_tokens = 512;
+};
+
+// Decode: one query token per viewed sequence, attending to all of its cached positions (the
+// query's own K/V included: reserve and write it first).
+//   q, out: [view.num_seqs][num_q_heads][head_dim] f32.
+// Query heads that share a KV head (num_q_heads / num_kv_heads of them, GQA) are processed
+// together, so each K/V page is read once per group. kInvalidArgument names any shape mismatch;
+// nothing is written then.
+absl::Status DecodeAttention(const PagedKvView& view, int32_t layer, int32_t num_q_heads,
+                             absl::Span<const float> q, absl::Span<float> out,
+                             const AttentionOptions& options = {});
+
+// Extend (prefill, chunked prefill, speculative verification, decode): sequence s has
+// n_s = q_offsets[s + 1] - q_offsets[s] query tokens, its last n_s positions, so query i of a
+// sequence of length L sees positions <= L - n_s + i (causal).
+//   q_offsets: [view.num_seqs + 1], q_offsets[0] == 0, non-decreasing, n_s <= L.
+//   q, out: [q_offsets.back()][num_q_heads][head_dim] f32.
+absl::Status ExtendAttention(const PagedKvView& view, int32_t layer, int32_t num_q_heads,
+                             absl::Span<const int32_t> q_offsets, absl::Span<const float> q,
+                             absl::Span<float> out, const AttentionOptions& options = {});
+
+}  // namespace pagedkv
+
+#endif  // PAGEDKV_ATTENTION_H_

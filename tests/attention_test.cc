@@ -1,0 +1,248 @@
+// Attention kernels against the double-precision reference, for every compiled Highway target.
+#include "pagedkv/attention.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "attention/reference_attention.h"
+#include "gtest/gtest.h"
+#include "hwy/targets.h"
+#include "test_util.h"
+
+namespace pagedkv {
+namespace {
+
+using internal::ContiguousKv;
+
+// Runs the body once per Highway target this binary has and this CPU supports.
+template <typename Fn>
+void ForEachTarget(const Fn& fn) {
+  for (int64_t target : hwy::SupportedAndGeneratedTargets()) {
+    hwy::SetSupportedTargetsForTest(target);
+    SCOPED_TRACE(hwy::TargetName(target));
+    fn();
+    if (::testing::Test::HasFatalFailure()) break;
+  }
+  hwy::SetSupportedTargetsForTest(0);
+}
+
+struct Case {
+  int32_t head_dim = 64;
+  int32_t block_size = 16;
+  int32_t group = 1;
+  DType dtype = DType::kF32;
+  int32_t num_kv_heads = 2;
+  std::vector<int64_t> lengths;   // One sequence each.
+  std::vector<int32_t> q_lens;    // Queries per sequence (1 = decode).
+  std::vector<int> fork_of;       // -1, or the index of the sequence this one forks.
+  AttentionOptions options;
+};
+
+// Builds the cache, runs ExtendAttention and the reference, and returns the max abs error
+// relative to the largest output.
+double RunCase(const Case& c, uint64_t seed) {
+  std::mt19937 rng(static_cast<uint32_t>(seed));
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  CacheConfig config;
+  config.num_layers = 2;
+  config.num_kv_heads = c.num_kv_heads;
+  config.head_dim = c.head_dim;
+  config.block_size = c.block_size;
+  config.dtype = c.dtype;
+  int64_t tokens = 0;
+  for (int64_t l : c.lengths) tokens += l + c.block_size;
+  config.num_blocks = static_cast<int32_t>(tokens / c.block_size + 8);
+  config.max_seq_len = 1 << 20;
+  auto cache = test::MakeCache(config);
+  std::vector<SeqId> ids;
+  const int32_t layer = 1;
+  for (size_t s = 0; s < c.lengths.size(); ++s) {
+    SeqId id;
+    int64_t have = 0;
+    if (!c.fork_of.empty() && c.fork_of[s] >= 0) {
+      id = *cache->Fork(ids[static_cast<size_t>(c.fork_of[s])]);
+      have = *cache->Length(id);
+    } else {
+      id = cache->CreateSequence()->id;
+    }
+    const int64_t n = c.lengths[s] - have;
+    EXPECT_GE(n, 0);
+    const int64_t start = *cache->Reserve(id, n);
+    const size_t floats = static_cast<size_t>(n * c.num_kv_heads * c.head_dim);
+    for (int32_t l = 0; l < config.num_layers; ++l) {
+      std::vector<float> k(floats), v(floats);
+      for (float& x : k) x = u(rng);
+      for (float& x : v) x = u(rng);
+      EXPECT_TRUE(cache->WriteKv(id, l, start, k, v).ok());
+    }
+    ids.push_back(id);
+  }
+  std::vector<ContiguousKv> contiguous;
+  std::vector<int32_t> q_offsets = {0};
+  for (size_t s = 0; s < ids.size(); ++s) {
+    ContiguousKv kv;
+    kv.length = c.lengths[s];
+    kv.k = test::ReadAll(*cache, ids[s], layer, false);
+    kv.v = test::ReadAll(*cache, ids[s], layer, true);
+    contiguous.push_back(std::move(kv));
+    q_offsets.push_back(q_offsets.back() + c.q_lens[s]);
+  }
+  const int32_t num_q_heads = c.num_kv_heads * c.group;
+  std::vector<float> q(static_cast<size_t>(q_offsets.back()) * num_q_heads * c.head_dim);
+  for (float& x : q) x = u(rng);
+  PagedKvViewStorage storage;
+  PagedKvView view = *cache->MakeView(ids, &storage);
+  std::vector<float> out(q.size(), -7.0f);
+  const absl::Status status = ExtendAttention(view, layer, num_q_heads, q_offsets, q,
+                                              absl::MakeSpan(out), c.options);
+  EXPECT_TRUE(status.ok()) << status;
+  const std::vector<float> want = internal::ReferenceAttention(
+      contiguous, c.num_kv_heads, c.head_dim, num_q_heads, q_offsets, q, c.options);
+  double scale = 1e-30, err = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    scale = std::max(scale, std::fabs(double(want[i])));
+    err = std::max(err, std::fabs(double(want[i]) - double(out[i])));
+  }
+  return err / scale;
+}
+
+double Tolerance(DType dtype) { return dtype == DType::kF32 ? 1e-5 : 2e-2; }
+
+// The full sweep: head dims x block sizes x GQA ratios x dtypes, contexts that cross block
+// boundaries (1, block_size - 1, block_size + 1, long), a ragged batch of decode and extend.
+TEST(AttentionTest, MatchesReferenceEverywhere) {
+  int64_t runs = 0;
+  double worst[3] = {0, 0, 0};
+  ForEachTarget([&] {
+    for (int32_t head_dim : {64, 80, 96, 128, 256}) {
+      for (int32_t block_size : {1, 8, 16, 32, 128}) {
+        for (int32_t group : {1, 2, 4, 8}) {
+          for (DType dtype : {DType::kF32, DType::kBF16, DType::kF16}) {
+            Case c;
+            c.head_dim = head_dim;
+            c.block_size = block_size;
+            c.group = group;
+            c.dtype = dtype;
+            c.lengths = {1, std::max(1, block_size - 1), block_size + 1, 2 * block_size + 37};
+            c.q_lens = {1, 1, std::min(3, block_size + 1), 9};
+            const double err = RunCase(c, static_cast<uint64_t>(runs));
+            worst[static_cast<int>(dtype)] = std::max(worst[static_cast<int>(dtype)], err);
+            ASSERT_LE(err, Tolerance(dtype))
+                << "head_dim " << head_dim << " block " << block_size << " group " << group
+                << " " << DTypeName(dtype);
+            ++runs;
+          }
+        }
+      }
+    }
+  });
+  std::string targets;
+  for (int64_t t : hwy::SupportedAndGeneratedTargets()) absl::StrAppend(&targets, " ", hwy::TargetName(t));
+  std::printf("%lld runs over targets%s; worst relative error f32 %.2e, bf16 %.2e, f16 %.2e\n",
+              static_cast<long long>(runs), targets.c_str(), worst[0], worst[1], worst[2]);
+}
+
+TEST(AttentionTest, SlidingWindowAndSoftCap) {
+  ForEachTarget([&] {
+    for (int32_t window : {1, 5, 40}) {
+      for (float cap : {0.0f, 0.5f, 30.0f}) {
+        for (DType dtype : {DType::kF32, DType::kBF16}) {
+          Case c;
+          c.head_dim = 64;
+          c.block_size = 16;
+          c.group = 4;
+          c.dtype = dtype;
+          c.lengths = {3, 50, 130};
+          c.q_lens = {1, 20, 7};
+          c.options.sliding_window = window;
+          c.options.soft_cap = cap;
+          c.options.scale = 0.3f;
+          ASSERT_LE(RunCase(c, 11), Tolerance(dtype)) << "window " << window << " cap " << cap;
+        }
+      }
+    }
+  });
+}
+
+TEST(AttentionTest, ForkedSequencesShareBlocks) {
+  ForEachTarget([&] {
+    Case c;
+    c.head_dim = 128;
+    c.block_size = 16;
+    c.group = 2;
+    c.dtype = DType::kBF16;
+    c.lengths = {40, 45, 52, 40};
+    c.fork_of = {-1, 0, 0, 0};
+    c.q_lens = {1, 5, 12, 1};
+    ASSERT_LE(RunCase(c, 3), Tolerance(c.dtype));
+  });
+}
+
+// Long contexts with more threads than work: flash-decoding partitions and their reduction.
+TEST(AttentionTest, PartitionedLongContextsMatch) {
+  for (int32_t threads : {1, 2, 3, 8}) {
+    for (DType dtype : {DType::kF32, DType::kF16}) {
+      Case c;
+      c.head_dim = 128;
+      c.block_size = 16;
+      c.group = 4;
+      c.num_kv_heads = 1;
+      c.dtype = dtype;
+      c.lengths = {3000, 777};
+      c.q_lens = {1, 2};
+      c.options.num_threads = threads;
+      c.options.min_partition_tokens = 100;
+      c.options.sliding_window = threads == 3 ? 1000 : 0;
+      ASSERT_LE(RunCase(c, 5), Tolerance(dtype)) << threads << " threads";
+    }
+  }
+}
+
+TEST(AttentionTest, PrefillOfAWholePromptIsCausal) {
+  Case c;
+  c.head_dim = 64;
+  c.block_size = 8;
+  c.group = 2;
+  c.lengths = {100, 33};
+  c.q_lens = {100, 33};
+  c.options.num_threads = 2;
+  ASSERT_LE(RunCase(c, 9), Tolerance(c.dtype));
+}
+
+TEST(AttentionTest, BadInputIsRejectedAndNothingIsWritten) {
+  CacheConfig config = test::SmallConfig(4, 16);
+  auto cache = test::MakeCache(config);
+  const SeqId seq = cache->CreateSequence()->id;
+  ASSERT_TRUE(test::ReserveAndWrite(*cache, seq, 5).ok());
+  PagedKvViewStorage storage;
+  const PagedKvView view = *cache->MakeView({seq}, &storage);
+  const int32_t hq = 4;
+  std::vector<float> q(static_cast<size_t>(hq * config.head_dim), 0.5f);
+  std::vector<float> out(q.size(), -3.0f);
+  auto expect_invalid = [&](absl::Status s, absl::string_view needle) {
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+    EXPECT_NE(s.message().find(needle), absl::string_view::npos) << s;
+    EXPECT_TRUE(std::all_of(out.begin(), out.end(), [](float x) { return x == -3.0f; }));
+  };
+  expect_invalid(DecodeAttention(view, 2, hq, q, absl::MakeSpan(out)), "layer 2 out of range");
+  expect_invalid(DecodeAttention(view, 0, 3, q, absl::MakeSpan(out)), "num_q_heads 3");
+  std::vector<float> short_q(q.begin(), q.end() - 1);
+  expect_invalid(DecodeAttention(view, 0, hq, short_q, absl::MakeSpan(out)), "q has");
+  expect_invalid(ExtendAttention(view, 0, hq, std::vector<int32_t>{0, 6}, q, absl::MakeSpan(out)),
+                 "6 queries but 5 cached positions");
+  expect_invalid(ExtendAttention(view, 0, hq, std::vector<int32_t>{0}, q, absl::MakeSpan(out)),
+                 "q_offsets has 1 entries");
+  AttentionOptions bad;
+  bad.sliding_window = -1;
+  expect_invalid(DecodeAttention(view, 0, hq, q, absl::MakeSpan(out), bad), "bad options");
+  EXPECT_TRUE(DecodeAttention(view, 0, hq, q, absl::MakeSpan(out)).ok());
+}
+
+}  // namespace
+}  // namespace pagedkv
