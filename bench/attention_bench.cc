@@ -1,0 +1,179 @@
+// Attention kernels against the machine's limits, measured in the same run:
+//   bytes/s of decode vs BM_StreamRead at the same working-set size and thread count;
+//   paged vs contiguous (the same kernel over one page per sequence: a contiguous array);
+//   FLOP/s of extend vs BM_FmaPeak.
+// Shape: Llama-3-8B attention, 32 query heads, 8 KV heads, head dim 128, 16-token pages.
+#include <algorithm>
+#include <cstdint>
+#include <memory>
+#include <random>
+#include <vector>
+
+#include "bench/machine_limits.h"
+#include "bench_util.h"
+#include "benchmark/benchmark.h"
+#include "pagedkv/attention.h"
+
+namespace pagedkv::bench {
+namespace {
+
+constexpr int32_t kQHeads = 32;
+constexpr int32_t kKvHeads = 8;
+constexpr int32_t kHeadDim = 128;
+
+DType DTypeArg(int64_t code) { return static_cast<DType>(code); }
+
+// A one-layer cache holding `batch` sequences of `context` tokens with random K/V. Paged: 16-token
+// pages handed out in random order, as a long-running server's pool would. Contiguous: one page
+// per sequence, so each (sequence, head) is one contiguous array.
+struct Fixture {
+  std::unique_ptr<PagedKvCache> cache;
+  std::vector<SeqId> seqs;
+  PagedKvViewStorage storage;
+  PagedKvView view;
+
+  Fixture(int64_t batch, int64_t context, DType dtype, bool paged) {
+    CacheConfig config;
+    config.num_layers = 1;
+    config.num_kv_heads = kKvHeads;
+    config.head_dim = kHeadDim;
+    config.dtype = dtype;
+    config.block_size = paged ? 16 : static_cast<int32_t>(context);
+    config.num_blocks = static_cast<int32_t>(batch * ((context + config.block_size - 1) /
+                                                      config.block_size));
+    config.max_seq_len = context;
+    cache = OrDie(PagedKvCache::Create(config), "cache");
+    if (paged) Scatter(config.num_blocks);
+    std::mt19937 rng(42);
+    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+    const int64_t chunk = 256;
+    std::vector<float> k(static_cast<size_t>(chunk * kKvHeads * kHeadDim));
+    std::vector<float> v(k.size());
+    for (float& x : k) x = u(rng);
+    for (float& x : v) x = u(rng);
+    for (int64_t s = 0; s < batch; ++s) {
+      const SeqId id = OrDie(cache->CreateSequence(), "create").id;
+      OrDie(cache->Reserve(id, context), "reserve");
+      for (int64_t p = 0; p < context; p += chunk) {
+        const size_t n = static_cast<size_t>(std::min(chunk, context - p) * kKvHeads * kHeadDim);
+        OrDie(cache->WriteKv(id, 0, p, absl::MakeConstSpan(k).first(n),
+                             absl::MakeConstSpan(v).first(n)), "write");
+      }
+      seqs.push_back(id);
+    }
+    view = OrDie(cache->MakeView(seqs, &storage), "view");
+  }
+
+  // Leaves the free list in random order: single-block sequences freed in a shuffled order.
+  void Scatter(int32_t blocks) {
+    std::vector<SeqId> ids;
+    for (int32_t b = 0; b < blocks; ++b) {
+      const SeqId id = OrDie(cache->CreateSequence(), "create").id;
+      OrDie(cache->Reserve(id, 1), "reserve");
+      ids.push_back(id);
+    }
+    std::shuffle(ids.begin(), ids.end(), std::mt19937(7));
+    for (SeqId id : ids) OrDie(cache->Free(id), "free");
+  }
+
+  int64_t KvBytes() const {
+    int64_t tokens = 0;
+    for (int32_t s = 0; s < view.num_seqs; ++s) tokens += view.seq_lens[s];
+    return tokens * kKvHeads * kHeadDim * DTypeSize(view.dtype) * 2;
+  }
+};
+
+void Decode(benchmark::State& state, bool paged) {
+  const int64_t batch = state.range(0);
+  const int64_t context = state.range(1);
+  Fixture f(batch, context, DTypeArg(state.range(2)), paged);
+  AttentionOptions options;
+  options.num_threads = static_cast<int32_t>(state.range(3));
+  std::vector<float> q(static_cast<size_t>(batch * kQHeads * kHeadDim), 0.01f);
+  std::vector<float> out(q.size());
+  for (auto _ : state) {
+    OrDie(DecodeAttention(f.view, 0, kQHeads, q, absl::MakeSpan(out), options), "decode");
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.SetBytesProcessed(state.iterations() * f.KvBytes());
+  state.counters["kv_bytes"] = static_cast<double>(f.KvBytes());
+}
+
+void BM_DecodePaged(benchmark::State& state) { Decode(state, true); }
+void BM_DecodeContiguous(benchmark::State& state) { Decode(state, false); }
+
+// {batch, context, dtype (0 f32, 1 bf16, 2 f16), threads}: in L3, then from DRAM.
+void DecodeArgs(benchmark::internal::Benchmark* b) {
+  b->ArgNames({"batch", "context", "dtype", "threads"});
+  for (int64_t threads : {1, 2}) {
+    for (int64_t dtype : {1, 0, 2}) b->Args({1, 2048, dtype, threads});
+    b->Args({32, 2048, 1, threads});
+    b->Args({1, 32768, 1, threads});
+  }
+  b->UseRealTime();
+}
+BENCHMARK(BM_DecodePaged)->Apply(DecodeArgs);
+BENCHMARK(BM_DecodeContiguous)->Apply(DecodeArgs);
+
+// The physical limit: stream a buffer of the same size with the same number of threads.
+void BM_StreamRead(benchmark::State& state) {
+  const size_t bytes = static_cast<size_t>(state.range(0));
+  const int threads = static_cast<int>(state.range(1));
+  std::vector<float> data(bytes / sizeof(float), 1.0f);
+  const size_t per = data.size() / static_cast<size_t>(threads);
+  for (auto _ : state) {
+    float total = 0;
+#pragma omp parallel for num_threads(threads) reduction(+ : total) if (threads > 1)
+    for (int t = 0; t < threads; ++t) total += StreamSum(data.data() + per * t, per);
+    benchmark::DoNotOptimize(total);
+  }
+  state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(bytes));
+}
+BENCHMARK(BM_StreamRead)
+    ->ArgNames({"bytes", "threads"})
+    ->ArgsProduct({{8 << 20, 128 << 20, 256 << 20}, {1, 2}})
+    ->UseRealTime();
+
+// Prefill of `new` tokens on `cached` ones, one sequence: FLOPs of QK^T and PV, causal.
+void BM_ExtendPaged(benchmark::State& state) {
+  const int64_t fresh = state.range(0);
+  const int64_t cached = state.range(1);
+  Fixture f(1, cached + fresh, DTypeArg(state.range(2)), true);
+  AttentionOptions options;
+  options.num_threads = static_cast<int32_t>(state.range(3));
+  const std::vector<int32_t> offsets = {0, static_cast<int32_t>(fresh)};
+  std::vector<float> q(static_cast<size_t>(fresh * kQHeads * kHeadDim), 0.01f);
+  std::vector<float> out(q.size());
+  for (auto _ : state) {
+    OrDie(ExtendAttention(f.view, 0, kQHeads, offsets, q, absl::MakeSpan(out), options), "extend");
+    benchmark::DoNotOptimize(out.data());
+  }
+  double keys = 0;
+  for (int64_t i = 0; i < fresh; ++i) keys += static_cast<double>(cached + i + 1);
+  const double flops = 4.0 * kQHeads * kHeadDim * keys;  // 2 per multiply-add, QK and PV.
+  state.counters["flop_per_second"] =
+      benchmark::Counter(flops * static_cast<double>(state.iterations()), benchmark::Counter::kIsRate);
+}
+BENCHMARK(BM_ExtendPaged)
+    ->ArgNames({"new", "cached", "dtype", "threads"})
+    ->Args({512, 1536, 1, 1})
+    ->Args({512, 1536, 1, 2})
+    ->UseRealTime();
+
+// The FMA peak with the same threads, for the extend ratio.
+void BM_FmaPeak(benchmark::State& state) {
+  const int threads = static_cast<int>(state.range(0));
+  constexpr int64_t kIterations = 1 << 22;
+  double flops = 0;
+  for (auto _ : state) {
+    double done = 0;
+#pragma omp parallel for num_threads(threads) reduction(+ : done) if (threads > 1)
+    for (int t = 0; t < threads; ++t) done += FmaChains(kIterations, 1.0f + static_cast<float>(t));
+    flops += done;
+  }
+  state.counters["flop_per_second"] = benchmark::Counter(flops, benchmark::Counter::kIsRate);
+}
+BENCHMARK(BM_FmaPeak)->ArgNames({"threads"})->Arg(1)->Arg(2)->UseRealTime();
+
+}  // namespace
+}  // namespace pagedkv::bench

@@ -1,0 +1,19 @@
+// The machine's own limits, measured with the same Highway dispatch as the kernels: what a
+// kernel's bytes/s and FLOP/s are compared against in the same run.
+#ifndef PAGEDKV_BENCH_MACHINE_LIMITS_H_
+#define PAGEDKV_BENCH_MACHINE_LIMITS_H_
+
+#include <cstddef>
+#include <cstdint>
+
+namespace pagedkv::bench {
+
+// Sum of n floats, streamed with the widest vectors this CPU has.
+float StreamSum(const float* data, size_t n);
+// Runs `iterations` rounds of independent fused multiply-adds and returns the FLOPs done
+// (2 per lane per FMA).
+double FmaChains(int64_t iterations, float seed);
+
+}  // namespace pagedkv::bench
+
+#endif  // PAGEDKV_BENCH_MACHINE_LIMITS_H_
