@@ -43,35 +43,102 @@ inline float ScalarToF32(hwy::float16_t x) {
   return F32FromF16(bits);
 }
 
-// out[0, n) = p[0, n) widened to f32, in registers then stored.
+// N elements of storage type T at p, widened to f32 in a register.
 template <typename T>
-HWY_INLINE void ToF32(const T* HWY_RESTRICT p, size_t n, float* HWY_RESTRICT out) {
+HWY_INLINE hn::Vec<DF> LoadF32(const T* HWY_RESTRICT p) {
   const DF df;
-  const size_t N = hn::Lanes(df);
-  size_t i = 0;
   if constexpr (std::is_same_v<T, float>) {
-    for (; i + N <= n; i += N) hn::StoreU(hn::LoadU(df, p + i), df, out + i);
+    return hn::LoadU(df, p);
   } else {
-    const hn::Rebind<T, DF> dh;
-    for (; i + N <= n; i += N) hn::StoreU(hn::PromoteTo(df, hn::LoadU(dh, p + i)), df, out + i);
+    return hn::PromoteTo(df, hn::LoadU(hn::Rebind<T, DF>(), p));
   }
-  for (; i < n; ++i) out[i] = ScalarToF32(p[i]);
 }
 
-HWY_INLINE float Dot(const float* HWY_RESTRICT a, const float* HWY_RESTRICT b, size_t n) {
+// Queries are processed four at a time: one register-resident K or V chunk feeds four FMAs.
+constexpr size_t kQueryGroup = 4;
+
+// scores[j][t] = q[j] . K[t] for the four queries of group q (rows of `scores` are t_pad long).
+// K rows are read from the page in the storage dtype and widened in registers, once per group.
+template <typename T>
+HWY_INLINE void Scores4(const float* HWY_RESTRICT q, const T* HWY_RESTRICT keys, size_t n_keys,
+                        size_t D, float* HWY_RESTRICT scores, size_t t_pad) {
   const DF df;
   const size_t N = hn::Lanes(df);
-  auto s0 = hn::Zero(df);
-  auto s1 = hn::Zero(df);
-  size_t i = 0;
-  for (; i + 2 * N <= n; i += 2 * N) {
-    s0 = hn::MulAdd(hn::LoadU(df, a + i), hn::LoadU(df, b + i), s0);
-    s1 = hn::MulAdd(hn::LoadU(df, a + i + N), hn::LoadU(df, b + i + N), s1);
+  const size_t full = D / N * N;
+  for (size_t t = 0; t < n_keys; ++t) {
+    const T* HWY_RESTRICT k = keys + t * D;
+    auto a0 = hn::Zero(df), a1 = hn::Zero(df), a2 = hn::Zero(df), a3 = hn::Zero(df);
+    for (size_t c = 0; c < full; c += N) {
+      const auto kc = LoadF32(k + c);
+      a0 = hn::MulAdd(hn::LoadU(df, q + c), kc, a0);
+      a1 = hn::MulAdd(hn::LoadU(df, q + D + c), kc, a1);
+      a2 = hn::MulAdd(hn::LoadU(df, q + 2 * D + c), kc, a2);
+      a3 = hn::MulAdd(hn::LoadU(df, q + 3 * D + c), kc, a3);
+    }
+    float s0 = hn::GetLane(hn::SumOfLanes(df, a0));
+    float s1 = hn::GetLane(hn::SumOfLanes(df, a1));
+    float s2 = hn::GetLane(hn::SumOfLanes(df, a2));
+    float s3 = hn::GetLane(hn::SumOfLanes(df, a3));
+    for (size_t c = full; c < D; ++c) {
+      const float kc = ScalarToF32(k[c]);
+      s0 += q[c] * kc;
+      s1 += q[D + c] * kc;
+      s2 += q[2 * D + c] * kc;
+      s3 += q[3 * D + c] * kc;
+    }
+    scores[t] = s0;
+    scores[t_pad + t] = s1;
+    scores[2 * t_pad + t] = s2;
+    scores[3 * t_pad + t] = s3;
   }
-  for (; i + N <= n; i += N) s0 = hn::MulAdd(hn::LoadU(df, a + i), hn::LoadU(df, b + i), s0);
-  float sum = hn::GetLane(hn::SumOfLanes(df, hn::Add(s0, s1)));
-  for (; i < n; ++i) sum += a[i] * b[i];
-  return sum;
+}
+
+// acc[j] += sum_t p[j][t] * V[t] for the four queries of a group. V chunks are widened in
+// registers once and feed four independent accumulators each.
+template <typename T>
+HWY_INLINE void Values4(const float* HWY_RESTRICT p, size_t t_pad, const T* HWY_RESTRICT values,
+                        size_t n_keys, size_t D, float* HWY_RESTRICT acc) {
+  const DF df;
+  const size_t N = hn::Lanes(df);
+  size_t c = 0;
+  // Two chunks at a time: 8 accumulators + 2 values + 4 probabilities fit 16 registers.
+  for (; c + 2 * N <= D; c += 2 * N) {
+    auto a00 = hn::LoadU(df, acc + c), a01 = hn::LoadU(df, acc + c + N);
+    auto a10 = hn::LoadU(df, acc + D + c), a11 = hn::LoadU(df, acc + D + c + N);
+    auto a20 = hn::LoadU(df, acc + 2 * D + c), a21 = hn::LoadU(df, acc + 2 * D + c + N);
+    auto a30 = hn::LoadU(df, acc + 3 * D + c), a31 = hn::LoadU(df, acc + 3 * D + c + N);
+    for (size_t t = 0; t < n_keys; ++t) {
+      const T* HWY_RESTRICT v = values + t * D + c;
+      const auto v0 = LoadF32(v);
+      const auto v1 = LoadF32(v + N);
+      const auto p0 = hn::Set(df, p[t]);
+      const auto p1 = hn::Set(df, p[t_pad + t]);
+      const auto p2 = hn::Set(df, p[2 * t_pad + t]);
+      const auto p3 = hn::Set(df, p[3 * t_pad + t]);
+      a00 = hn::MulAdd(p0, v0, a00);
+      a01 = hn::MulAdd(p0, v1, a01);
+      a10 = hn::MulAdd(p1, v0, a10);
+      a11 = hn::MulAdd(p1, v1, a11);
+      a20 = hn::MulAdd(p2, v0, a20);
+      a21 = hn::MulAdd(p2, v1, a21);
+      a30 = hn::MulAdd(p3, v0, a30);
+      a31 = hn::MulAdd(p3, v1, a31);
+    }
+    hn::StoreU(a00, df, acc + c);
+    hn::StoreU(a01, df, acc + c + N);
+    hn::StoreU(a10, df, acc + D + c);
+    hn::StoreU(a11, df, acc + D + c + N);
+    hn::StoreU(a20, df, acc + 2 * D + c);
+    hn::StoreU(a21, df, acc + 2 * D + c + N);
+    hn::StoreU(a30, df, acc + 3 * D + c);
+    hn::StoreU(a31, df, acc + 3 * D + c + N);
+  }
+  for (; c < D; ++c) {
+    for (size_t t = 0; t < n_keys; ++t) {
+      const float v = ScalarToF32(values[t * D + c]);
+      for (size_t j = 0; j < kQueryGroup; ++j) acc[j * D + c] += p[j * t_pad + t] * v;
+    }
+  }
 }
 
 HWY_INLINE void PrefetchPage(const std::byte* page, size_t bytes) {
@@ -79,7 +146,7 @@ HWY_INLINE void PrefetchPage(const std::byte* page, size_t bytes) {
 }
 
 struct Scratch {
-  std::vector<float> q, acc, m, l, scores, keys, values;
+  std::vector<float> q, acc, m, l, scores;
 };
 
 template <typename T>
@@ -94,17 +161,21 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
   const int64_t first_pos = view.seq_lens[it.seq] - (a.q_offsets[it.seq + 1] - q_base);
   const int64_t rows = it.row_end - it.row_begin;
   const size_t NQ = static_cast<size_t>(rows * G);
+  // Padded to whole groups of four; padding queries are zero and never written out.
+  const size_t NQ_pad = (NQ + kQueryGroup - 1) / kQueryGroup * kQueryGroup;
   const size_t t_pad = (static_cast<size_t>(bs) + N - 1) / N * N;
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-  thread_local Scratch s;
-  s.q.resize(NQ * D);
-  s.acc.assign(NQ * D, 0.0f);
-  s.m.assign(NQ, kNegInf);
-  s.l.assign(NQ, 0.0f);
-  s.scores.resize(NQ * t_pad);
-  s.keys.resize(static_cast<size_t>(bs) * D);
-  s.values.resize(static_cast<size_t>(bs) * D);
+  thread_local Scratch scratch;
+  Scratch& s = scratch;
+  s.q.assign(NQ_pad * D, 0.0f);
+  s.acc.assign(NQ_pad * D, 0.0f);
+  s.m.assign(NQ_pad, kNegInf);
+  s.l.assign(NQ_pad, 0.0f);
+  s.scores.resize(NQ_pad * t_pad);
+  float* HWY_RESTRICT acc_all = s.acc.data();
+  float* HWY_RESTRICT scores_all = s.scores.data();
+  const float* HWY_RESTRICT q_all = s.q.data();
 
   // Query j = row * G + g, pre-multiplied by the softmax scale.
   for (int64_t r = 0; r < rows; ++r) {
@@ -134,13 +205,13 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
       PrefetchPage(view.Page(a.layer, true, table[b + 1], it.kv_head), page_bytes);
     }
     const size_t first_slot = static_cast<size_t>(t0 - b * bs) * D;
-    ToF32(reinterpret_cast<const T*>(view.Page(a.layer, false, table[b], it.kv_head)) + first_slot,
-          n_keys * D, s.keys.data());
-
-    for (size_t j = 0; j < NQ; ++j) {
-      float* row = s.scores.data() + j * t_pad;
-      const float* qj = s.q.data() + j * D;
-      for (size_t t = 0; t < n_keys; ++t) row[t] = Dot(qj, s.keys.data() + t * D, D);
+    const T* keys =
+        reinterpret_cast<const T*>(view.Page(a.layer, false, table[b], it.kv_head)) + first_slot;
+    for (size_t j = 0; j < NQ_pad; j += kQueryGroup) {
+      Scores4(q_all + j * D, keys, n_keys, D, scores_all + j * t_pad, t_pad);
+    }
+    for (size_t j = 0; j < NQ_pad; ++j) {
+      float* row = scores_all + j * t_pad;
       if (a.soft_cap > 0) {
         for (size_t t = 0; t < n_keys; ++t) row[t] = a.soft_cap * std::tanh(row[t] / a.soft_cap);
       }
@@ -160,8 +231,8 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
       }
     }
     // Online softmax: rescale what was summed so far to the new running maximum.
-    for (size_t j = 0; j < NQ; ++j) {
-      float* row = s.scores.data() + j * t_pad;
+    for (size_t j = 0; j < NQ_pad; ++j) {
+      float* row = scores_all + j * t_pad;
       auto vmax = neg_inf;
       for (size_t t = 0; t < t_pad; t += N) vmax = hn::Max(vmax, hn::LoadU(df, row + t));
       const float block_max = hn::GetLane(hn::MaxOfLanes(df, vmax));
@@ -182,26 +253,17 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
       s.l[j] = s.l[j] * correction + hn::GetLane(hn::SumOfLanes(df, vsum));
       s.m[j] = new_max;
       if (correction != 1.0f) {
-        float* acc = s.acc.data() + j * D;
-        for (size_t d = 0; d < D; ++d) acc[d] *= correction;
+        float* HWY_RESTRICT acc = acc_all + j * D;
+        const auto vc = hn::Set(df, correction);
+        size_t d = 0;
+        for (; d + N <= D; d += N) hn::StoreU(hn::Mul(hn::LoadU(df, acc + d), vc), df, acc + d);
+        for (; d < D; ++d) acc[d] *= correction;
       }
     }
-    ToF32(reinterpret_cast<const T*>(view.Page(a.layer, true, table[b], it.kv_head)) + first_slot,
-          n_keys * D, s.values.data());
-    for (size_t j = 0; j < NQ; ++j) {
-      const float* p = s.scores.data() + j * t_pad;
-      float* acc = s.acc.data() + j * D;
-      size_t c = 0;
-      for (; c + N <= D; c += N) {
-        auto sum = hn::LoadU(df, acc + c);
-        for (size_t t = 0; t < n_keys; ++t) {
-          sum = hn::MulAdd(hn::Set(df, p[t]), hn::LoadU(df, s.values.data() + t * D + c), sum);
-        }
-        hn::StoreU(sum, df, acc + c);
-      }
-      for (; c < D; ++c) {
-        for (size_t t = 0; t < n_keys; ++t) acc[c] += p[t] * s.values[t * D + c];
-      }
+    const T* values =
+        reinterpret_cast<const T*>(view.Page(a.layer, true, table[b], it.kv_head)) + first_slot;
+    for (size_t j = 0; j < NQ_pad; j += kQueryGroup) {
+      Values4(scores_all + j * t_pad, t_pad, values, n_keys, D, acc_all + j * D);
     }
   }
 
