@@ -142,7 +142,14 @@ HWY_INLINE void Values4(const float* HWY_RESTRICT p, size_t t_pad, const T* HWY_
 }
 
 HWY_INLINE void PrefetchPage(const std::byte* page, size_t bytes) {
-  for (size_t off = 0; off < bytes; off += 64) hwy::Prefetch(page + off);
+  size_t off = 0;
+  for (; off + 256 <= bytes; off += 256) {
+    hwy::Prefetch(page + off);
+    hwy::Prefetch(page + off + 64);
+    hwy::Prefetch(page + off + 128);
+    hwy::Prefetch(page + off + 192);
+  }
+  for (; off < bytes; off += 64) hwy::Prefetch(page + off);
 }
 
 struct Scratch {
@@ -163,7 +170,9 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
   const size_t NQ = static_cast<size_t>(rows * G);
   // Padded to whole groups of four; padding queries are zero and never written out.
   const size_t NQ_pad = (NQ + kQueryGroup - 1) / kQueryGroup * kQueryGroup;
-  const size_t t_pad = (static_cast<size_t>(bs) + N - 1) / N * N;
+  // Scores of one step (see below) per query, padded to whole vectors.
+  const size_t step_keys = static_cast<size_t>(bs <= 64 ? 64 / bs * bs : 64);
+  const size_t t_pad = (step_keys + N - 1) / N * N;
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
   thread_local Scratch scratch;
@@ -196,34 +205,47 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
   const BlockId* table = view.BlockTable(it.seq);
   const size_t page_bytes = static_cast<size_t>(bs) * D * sizeof(T);
   const auto neg_inf = hn::Set(df, kNegInf);
-  for (int64_t b = lo / bs; lo < hi && b <= (hi - 1) / bs; ++b) {
-    const int64_t t0 = std::max(lo, b * bs);
-    const int64_t t1 = std::min(hi, (b + 1) * bs);
+  // Keys are taken in steps of about 64 (whole pages when pages are smaller), so the softmax
+  // update and the rescaling of the accumulators happen once per step, not once per page.
+  const int64_t step = static_cast<int64_t>(step_keys);
+  const int64_t last_page = hi > lo ? (hi - 1) / bs : -1;
+  for (int64_t t0 = lo, t1 = lo; t0 < hi; t0 = t1) {
+    t1 = std::min(hi, (t0 / step + 1) * step);
+    const int64_t b0 = t0 / bs;
+    const int64_t b1 = (t1 - 1) / bs;
     const size_t n_keys = static_cast<size_t>(t1 - t0);
-    if (b + 1 <= (hi - 1) / bs) {
-      PrefetchPage(view.Page(a.layer, false, table[b + 1], it.kv_head), page_bytes);
-      PrefetchPage(view.Page(a.layer, true, table[b + 1], it.kv_head), page_bytes);
-    }
-    const size_t first_slot = static_cast<size_t>(t0 - b * bs) * D;
-    const T* keys =
-        reinterpret_cast<const T*>(view.Page(a.layer, false, table[b], it.kv_head)) + first_slot;
-    for (size_t j = 0; j < NQ_pad; j += kQueryGroup) {
-      Scores4(q_all + j * D, keys, n_keys, D, scores_all + j * t_pad, t_pad);
+    // Scores of every page of the step, side by side: column = key - t0.
+    for (int64_t b = b0; b <= b1; ++b) {
+      const int64_t k0 = std::max(t0, b * bs);
+      const int64_t k1 = std::min(t1, (b + 1) * bs);
+      if (k1 == (b + 1) * bs && b < last_page) {
+        PrefetchPage(view.Page(a.layer, false, table[b + 1], it.kv_head), page_bytes);
+      }
+      if (k0 == std::max(lo, b * bs)) {
+        PrefetchPage(view.Page(a.layer, true, table[b], it.kv_head), page_bytes);
+      }
+      const T* keys = reinterpret_cast<const T*>(view.Page(a.layer, false, table[b], it.kv_head)) +
+                      static_cast<size_t>(k0 - b * bs) * D;
+      for (size_t j = 0; j < NQ_pad; j += kQueryGroup) {
+        Scores4(q_all + j * D, keys, static_cast<size_t>(k1 - k0), D,
+                scores_all + j * t_pad + (k0 - t0), t_pad);
+      }
     }
     for (size_t j = 0; j < NQ_pad; ++j) {
       float* row = scores_all + j * t_pad;
       if (a.soft_cap > 0) {
         for (size_t t = 0; t < n_keys; ++t) row[t] = a.soft_cap * std::tanh(row[t] / a.soft_cap);
       }
-      for (size_t t = n_keys; t < t_pad; ++t) row[t] = kNegInf;
+      for (size_t t = n_keys; t < (n_keys + N - 1) / N * N; ++t) row[t] = kNegInf;
     }
-    // Causal and sliding-window mask, only where the block crosses a row's bounds.
+    const size_t n_pad = (n_keys + N - 1) / N * N;
+    // Causal and sliding-window mask, only where the step crosses a row's bounds.
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t pos = first_pos + it.row_begin + r;
       const int64_t key_lo = a.sliding_window > 0 ? pos - a.sliding_window + 1 : 0;
       if (t0 >= key_lo && t1 - 1 <= pos) continue;
       for (int64_t g = 0; g < G; ++g) {
-        float* row = s.scores.data() + static_cast<size_t>(r * G + g) * t_pad;
+        float* row = scores_all + static_cast<size_t>(r * G + g) * t_pad;
         for (size_t t = 0; t < n_keys; ++t) {
           const int64_t key = t0 + static_cast<int64_t>(t);
           if (key > pos || key < key_lo) row[t] = kNegInf;
@@ -234,17 +256,17 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
     for (size_t j = 0; j < NQ_pad; ++j) {
       float* row = scores_all + j * t_pad;
       auto vmax = neg_inf;
-      for (size_t t = 0; t < t_pad; t += N) vmax = hn::Max(vmax, hn::LoadU(df, row + t));
-      const float block_max = hn::GetLane(hn::MaxOfLanes(df, vmax));
-      if (block_max == kNegInf) {
-        for (size_t t = 0; t < t_pad; ++t) row[t] = 0.0f;
+      for (size_t t = 0; t < n_pad; t += N) vmax = hn::Max(vmax, hn::LoadU(df, row + t));
+      const float step_max = hn::GetLane(hn::MaxOfLanes(df, vmax));
+      if (step_max == kNegInf) {
+        for (size_t t = 0; t < n_pad; ++t) row[t] = 0.0f;
         continue;
       }
-      const float new_max = std::max(s.m[j], block_max);
+      const float new_max = std::max(s.m[j], step_max);
       const float correction = s.m[j] == kNegInf ? 0.0f : std::exp(s.m[j] - new_max);
       const auto vnew = hn::Set(df, new_max);
       auto vsum = hn::Zero(df);
-      for (size_t t = 0; t < t_pad; t += N) {
+      for (size_t t = 0; t < n_pad; t += N) {
         const auto x = hn::LoadU(df, row + t);
         const auto p = hn::IfThenElseZero(hn::Lt(neg_inf, x), hn::Exp(df, hn::Sub(x, vnew)));
         hn::StoreU(p, df, row + t);
@@ -260,10 +282,15 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
         for (; d < D; ++d) acc[d] *= correction;
       }
     }
-    const T* values =
-        reinterpret_cast<const T*>(view.Page(a.layer, true, table[b], it.kv_head)) + first_slot;
-    for (size_t j = 0; j < NQ_pad; j += kQueryGroup) {
-      Values4(scores_all + j * t_pad, t_pad, values, n_keys, D, acc_all + j * D);
+    for (int64_t b = b0; b <= b1; ++b) {
+      const int64_t k0 = std::max(t0, b * bs);
+      const int64_t k1 = std::min(t1, (b + 1) * bs);
+      const T* values = reinterpret_cast<const T*>(view.Page(a.layer, true, table[b], it.kv_head)) +
+                        static_cast<size_t>(k0 - b * bs) * D;
+      for (size_t j = 0; j < NQ_pad; j += kQueryGroup) {
+        Values4(scores_all + j * t_pad + (k0 - t0), t_pad, values, static_cast<size_t>(k1 - k0), D,
+                acc_all + j * D);
+      }
     }
   }
 
