@@ -1,6 +1,7 @@
 #include "allocator/arena.h"
 
 #include <mimalloc.h>
+#include <sys/mman.h>
 
 #include <cstddef>
 #include <cstdint>
@@ -17,6 +18,11 @@ absl::StatusOr<std::byte*> AllocateArena(int64_t bytes) {
         absl::StrCat("cannot allocate the K/V arena of ", bytes, " bytes (",
                      bytes / (int64_t{1} << 20), " MiB); lower num_blocks or memory_budget_bytes"));
   }
+  // Scattered pages make a TLB miss per page on 4 KiB pages; huge pages keep the whole pool in
+  // reach. Only advice: where the kernel declines, nothing changes.
+#if defined(MADV_HUGEPAGE)
+  madvise(p, static_cast<size_t>(bytes), MADV_HUGEPAGE);
+#endif
   return static_cast<std::byte*>(p);
 }
 

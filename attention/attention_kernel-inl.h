@@ -152,6 +152,8 @@ HWY_INLINE void PrefetchPage(const std::byte* page, size_t bytes) {
   for (; off < bytes; off += 64) hwy::Prefetch(page + off);
 }
 
+constexpr int64_t kPrefetchPages = 2;
+
 struct Scratch {
   std::vector<float> q, acc, m, l, scores;
 };
@@ -218,11 +220,11 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
     for (int64_t b = b0; b <= b1; ++b) {
       const int64_t k0 = std::max(t0, b * bs);
       const int64_t k1 = std::min(t1, (b + 1) * bs);
-      if (k1 == (b + 1) * bs && b < last_page) {
-        PrefetchPage(view.Page(a.layer, false, table[b + 1], it.kv_head), page_bytes);
-      }
-      if (k0 == std::max(lo, b * bs)) {
-        PrefetchPage(view.Page(a.layer, true, table[b], it.kv_head), page_bytes);
+      // Once per page: fetch K and V of the page kPrefetchPages ahead, far enough to cover a
+      // DRAM round trip at the rate pages are consumed.
+      if (k0 == std::max(lo, b * bs) && b + kPrefetchPages <= last_page) {
+        PrefetchPage(view.Page(a.layer, false, table[b + kPrefetchPages], it.kv_head), page_bytes);
+        PrefetchPage(view.Page(a.layer, true, table[b + kPrefetchPages], it.kv_head), page_bytes);
       }
       const T* keys = reinterpret_cast<const T*>(view.Page(a.layer, false, table[b], it.kv_head)) +
                       static_cast<size_t>(k0 - b * bs) * D;

@@ -1,6 +1,7 @@
 #include "src/sim/backends.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -8,6 +9,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "pagedkv/attention.h"
 
 namespace pagedkv::sim {
 namespace {
@@ -80,7 +82,24 @@ class PagedBackend : public Backend {
     return int64_t{pool.num_blocks() - pool.num_available()} * bs_;
   }
   absl::Status CheckInvariants() const override { return cache_->CheckInvariants(); }
-  const PagedKvCache& cache() const { return *cache_; }
+
+  double DecodeAttentionStep(absl::Span<const SimSeq> seqs) override {
+    if (!options_.materialize || seqs.empty()) return 0.0;
+    const auto start = std::chrono::steady_clock::now();
+    ids_.clear();
+    for (const SimSeq& s : seqs) ids_.push_back(s.id);
+    const CacheConfig& c = cache_->config();
+    const int32_t q_heads = c.num_kv_heads * 4;  // GQA 4, as in Llama 3.
+    absl::StatusOr<PagedKvView> view = cache_->MakeView(ids_, &view_storage_);
+    if (!view.ok()) return 0.0;
+    q_.assign(ids_.size() * static_cast<size_t>(q_heads * c.head_dim), 0.02f);
+    out_.resize(q_.size());
+    for (int32_t layer = 0; layer < c.num_layers; ++layer) {
+      DecodeAttention(*view, layer, q_heads, q_, absl::MakeSpan(out_)).IgnoreError();
+    }
+    return std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - start)
+        .count();
+  }
 
  private:
   // Reserves `tokens` for seq and, with storage, writes K/V for them (copied from `source` when
@@ -115,6 +134,9 @@ class PagedBackend : public Backend {
   BackendOptions options_;
   int64_t bs_;
   std::vector<float> scratch_k_, scratch_v_;
+  std::vector<SeqId> ids_;
+  PagedKvViewStorage view_storage_;
+  std::vector<float> q_, out_;
 };
 
 // Capacity accounting of contiguous caches in one budget. Optimistic for them: it ignores the

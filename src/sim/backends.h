@@ -49,6 +49,9 @@ class Backend {
   // Tokens copied to grow or fork sequences.
   virtual int64_t copied_tokens() const { return copied_tokens_; }
   virtual absl::Status CheckInvariants() const = 0;
+  // Runs decode attention over `seqs` (every layer) when the backend holds real K/V; returns the
+  // nanoseconds it took, 0 otherwise.
+  virtual double DecodeAttentionStep(absl::Span<const SimSeq> /*seqs*/) { return 0.0; }
 
  protected:
   int64_t copied_tokens_ = 0;

@@ -79,6 +79,7 @@ std::string FormatTable(const RunHeader& h, const std::vector<PolicyResult>& res
   row("prefix hit rate", [](const PolicyResult& r) { return absl::StrFormat("%.4f", r.prefix_hit_rate); });
   row("tokens copied", [](const PolicyResult& r) { return absl::StrCat(r.copied_tokens); });
   row("manager time/step (us)", [](const PolicyResult& r) { return absl::StrFormat("%.2f", r.manager_ns_per_step / 1000); });
+  row("attention time/step (us)", [](const PolicyResult& r) { return absl::StrFormat("%.2f", r.attention_ns_per_step / 1000); });
   row("wall time (s)", [](const PolicyResult& r) { return absl::StrFormat("%.2f", r.wall_seconds); });
   return out;
 }
@@ -103,6 +104,7 @@ std::string FormatJson(const RunHeader& h, const std::vector<PolicyResult>& resu
         ", \"prefix_hit_rate\": ", JsonNumber(r.prefix_hit_rate),
         ", \"tokens_per_step\": ", JsonNumber(r.tokens_per_step),
         ", \"manager_ns_per_step\": ", JsonNumber(r.manager_ns_per_step),
+        ", \"attention_ns_per_step\": ", JsonNumber(r.attention_ns_per_step),
         ", \"mean_memory_bytes\": ", JsonNumber(r.mean_memory_bytes),
         ", \"peak_memory_bytes\": ", JsonNumber(r.peak_memory_bytes),
         ", \"copied_tokens\": ", r.copied_tokens, ", \"steps\": ", r.steps,

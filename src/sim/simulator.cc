@@ -70,8 +70,9 @@ class Run {
       for (size_t i = 0; i < running_.size(); ++i) {
         if (!StepGroup(i)) break;  // The group preempted itself: it was the newest.
       }
-      Complete();
       manager_ns_ += std::chrono::duration<double, std::nano>(Clock::now() - t0).count();
+      attention_ns_ += Attend();
+      Complete();
       if (absl::Status s = CheckStep(); !s.ok()) return s;
       Sample();
       ++step_;
@@ -219,6 +220,13 @@ class Run {
     return true;
   }
 
+  // Attention over every running sequence's new token, when the backend holds K/V.
+  double Attend() {
+    step_seqs_.clear();
+    for (const auto& g : running_) step_seqs_.insert(step_seqs_.end(), g->seqs.begin(), g->seqs.end());
+    return backend_.DecodeAttentionStep(step_seqs_);
+  }
+
   void Complete() {
     size_t kept = 0;
     for (size_t i = 0; i < running_.size(); ++i) {
@@ -288,6 +296,7 @@ class Run {
                                                  : 0;
     result_.tokens_per_step = static_cast<double>(decode_tokens_) / steps;
     result_.manager_ns_per_step = manager_ns_ / steps;
+    result_.attention_ns_per_step = attention_ns_ / steps;
     result_.copied_tokens = backend_.copied_tokens();
     result_.wall_seconds = wall_seconds;
   }
@@ -312,6 +321,8 @@ class Run {
   int64_t prompt_tokens_ = 0;
   int64_t cached_tokens_ = 0;
   double manager_ns_ = 0;
+  double attention_ns_ = 0;
+  std::vector<SimSeq> step_seqs_;
   double sum_sequences_ = 0, sum_memory_ = 0, sum_utilization_ = 0, sum_waste_ = 0;
   double sum_saved_ = 0, sum_entries_ = 0;
 };

@@ -41,6 +41,7 @@ struct PolicyResult {
   double prefix_hit_rate = 0;         // Prompt tokens from cache / prompt tokens, first admissions.
   double tokens_per_step = 0;
   double manager_ns_per_step = 0;
+  double attention_ns_per_step = 0;   // --materialize: decode attention over every layer.
   double wall_seconds = 0;
   int64_t steps = 0;
   double mean_memory_bytes = 0;
