@@ -85,7 +85,7 @@ int32_t ThreadCount(int32_t requested) {
 // Runs fn(i) for i in [0, n) on `threads` threads of the OpenMP pool (created once per process);
 // one thread runs inline.
 template <typename Fn>
-void ParallelFor(int64_t n, int32_t threads, const Fn& fn) {
+void ParallelFor(int64_t n, [[maybe_unused]] int32_t threads, const Fn& fn) {
 #if defined(_OPENMP)
   if (threads > 1 && n > 1) {
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
