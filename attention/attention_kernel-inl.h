@@ -152,7 +152,7 @@ HWY_INLINE void PrefetchPage(const std::byte* page, size_t bytes) {
   for (; off < bytes; off += 64) hwy::Prefetch(page + off);
 }
 
-constexpr int64_t kPrefetchPages = 2;
+constexpr int64_t kPrefetchPages = 1;
 
 struct Scratch {
   std::vector<float> q, acc, m, l, scores;
@@ -220,9 +220,9 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
     for (int64_t b = b0; b <= b1; ++b) {
       const int64_t k0 = std::max(t0, b * bs);
       const int64_t k1 = std::min(t1, (b + 1) * bs);
-      // Once per page: fetch K and V of the page kPrefetchPages ahead, far enough to cover a
-      // DRAM round trip at the rate pages are consumed.
-      if (k0 == std::max(lo, b * bs) && b + kPrefetchPages <= last_page) {
+      // Once per page: fetch K and V of the next page named by the block table. Further ahead
+      // measured no better, and with f32 pages it pushed the current ones out of L1.
+      if (kPrefetchPages > 0 && k0 == std::max(lo, b * bs) && b + kPrefetchPages <= last_page) {
         PrefetchPage(view.Page(a.layer, false, table[b + kPrefetchPages], it.kv_head), page_bytes);
         PrefetchPage(view.Page(a.layer, true, table[b + kPrefetchPages], it.kv_head), page_bytes);
       }
