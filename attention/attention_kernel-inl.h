@@ -141,6 +141,62 @@ HWY_INLINE void Values4(const float* HWY_RESTRICT p, size_t t_pad, const T* HWY_
   }
 }
 
+// One query: scores[t] = q . K[t], two accumulators so the FMAs overlap.
+template <typename T>
+HWY_INLINE void Scores1(const float* HWY_RESTRICT q, const T* HWY_RESTRICT keys, size_t n_keys,
+                        size_t D, float* HWY_RESTRICT scores) {
+  const DF df;
+  const size_t N = hn::Lanes(df);
+  for (size_t t = 0; t < n_keys; ++t) {
+    const T* HWY_RESTRICT k = keys + t * D;
+    auto a0 = hn::Zero(df), a1 = hn::Zero(df);
+    size_t c = 0;
+    for (; c + 2 * N <= D; c += 2 * N) {
+      a0 = hn::MulAdd(hn::LoadU(df, q + c), LoadF32(k + c), a0);
+      a1 = hn::MulAdd(hn::LoadU(df, q + c + N), LoadF32(k + c + N), a1);
+    }
+    for (; c + N <= D; c += N) a0 = hn::MulAdd(hn::LoadU(df, q + c), LoadF32(k + c), a0);
+    float sum = hn::GetLane(hn::SumOfLanes(df, hn::Add(a0, a1)));
+    for (; c < D; ++c) sum += q[c] * ScalarToF32(k[c]);
+    scores[t] = sum;
+  }
+}
+
+// One query: acc += sum_t p[t] * V[t], four chunks at a time.
+template <typename T>
+HWY_INLINE void Values1(const float* HWY_RESTRICT p, const T* HWY_RESTRICT values, size_t n_keys,
+                        size_t D, float* HWY_RESTRICT acc) {
+  const DF df;
+  const size_t N = hn::Lanes(df);
+  size_t c = 0;
+  for (; c + 4 * N <= D; c += 4 * N) {
+    auto a0 = hn::LoadU(df, acc + c), a1 = hn::LoadU(df, acc + c + N);
+    auto a2 = hn::LoadU(df, acc + c + 2 * N), a3 = hn::LoadU(df, acc + c + 3 * N);
+    for (size_t t = 0; t < n_keys; ++t) {
+      const T* HWY_RESTRICT v = values + t * D + c;
+      const auto pt = hn::Set(df, p[t]);
+      a0 = hn::MulAdd(pt, LoadF32(v), a0);
+      a1 = hn::MulAdd(pt, LoadF32(v + N), a1);
+      a2 = hn::MulAdd(pt, LoadF32(v + 2 * N), a2);
+      a3 = hn::MulAdd(pt, LoadF32(v + 3 * N), a3);
+    }
+    hn::StoreU(a0, df, acc + c);
+    hn::StoreU(a1, df, acc + c + N);
+    hn::StoreU(a2, df, acc + c + 2 * N);
+    hn::StoreU(a3, df, acc + c + 3 * N);
+  }
+  for (; c + N <= D; c += N) {
+    auto a0 = hn::LoadU(df, acc + c);
+    for (size_t t = 0; t < n_keys; ++t) {
+      a0 = hn::MulAdd(hn::Set(df, p[t]), LoadF32(values + t * D + c), a0);
+    }
+    hn::StoreU(a0, df, acc + c);
+  }
+  for (; c < D; ++c) {
+    for (size_t t = 0; t < n_keys; ++t) acc[c] += p[t] * ScalarToF32(values[t * D + c]);
+  }
+}
+
 HWY_INLINE void PrefetchPage(const std::byte* page, size_t bytes) {
   size_t off = 0;
   for (; off + 256 <= bytes; off += 256) {
@@ -170,8 +226,8 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
   const int64_t first_pos = view.seq_lens[it.seq] - (a.q_offsets[it.seq + 1] - q_base);
   const int64_t rows = it.row_end - it.row_begin;
   const size_t NQ = static_cast<size_t>(rows * G);
-  // Padded to whole groups of four; padding queries are zero and never written out.
-  const size_t NQ_pad = (NQ + kQueryGroup - 1) / kQueryGroup * kQueryGroup;
+  // Whole groups of four queries, then the rest one at a time.
+  const size_t NQ4 = NQ / kQueryGroup * kQueryGroup;
   // Scores of one step (see below) per query, padded to whole vectors.
   const size_t step_keys = static_cast<size_t>(bs <= 64 ? 64 / bs * bs : 64);
   const size_t t_pad = (step_keys + N - 1) / N * N;
@@ -179,11 +235,11 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
 
   thread_local Scratch scratch;
   Scratch& s = scratch;
-  s.q.assign(NQ_pad * D, 0.0f);
-  s.acc.assign(NQ_pad * D, 0.0f);
-  s.m.assign(NQ_pad, kNegInf);
-  s.l.assign(NQ_pad, 0.0f);
-  s.scores.resize(NQ_pad * t_pad);
+  s.q.assign(NQ * D, 0.0f);
+  s.acc.assign(NQ * D, 0.0f);
+  s.m.assign(NQ, kNegInf);
+  s.l.assign(NQ, 0.0f);
+  s.scores.resize(NQ * t_pad);
   float* HWY_RESTRICT acc_all = s.acc.data();
   float* HWY_RESTRICT scores_all = s.scores.data();
   const float* HWY_RESTRICT q_all = s.q.data();
@@ -228,12 +284,16 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
       }
       const T* keys = reinterpret_cast<const T*>(view.Page(a.layer, false, table[b], it.kv_head)) +
                       static_cast<size_t>(k0 - b * bs) * D;
-      for (size_t j = 0; j < NQ_pad; j += kQueryGroup) {
+      for (size_t j = 0; j < NQ4; j += kQueryGroup) {
         Scores4(q_all + j * D, keys, static_cast<size_t>(k1 - k0), D,
                 scores_all + j * t_pad + (k0 - t0), t_pad);
       }
+      for (size_t j = NQ4; j < NQ; ++j) {
+        Scores1(q_all + j * D, keys, static_cast<size_t>(k1 - k0), D,
+                scores_all + j * t_pad + (k0 - t0));
+      }
     }
-    for (size_t j = 0; j < NQ_pad; ++j) {
+    for (size_t j = 0; j < NQ; ++j) {
       float* row = scores_all + j * t_pad;
       if (a.soft_cap > 0) {
         for (size_t t = 0; t < n_keys; ++t) row[t] = a.soft_cap * std::tanh(row[t] / a.soft_cap);
@@ -255,7 +315,7 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
       }
     }
     // Online softmax: rescale what was summed so far to the new running maximum.
-    for (size_t j = 0; j < NQ_pad; ++j) {
+    for (size_t j = 0; j < NQ; ++j) {
       float* row = scores_all + j * t_pad;
       auto vmax = neg_inf;
       for (size_t t = 0; t < n_pad; t += N) vmax = hn::Max(vmax, hn::LoadU(df, row + t));
@@ -289,8 +349,12 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
       const int64_t k1 = std::min(t1, (b + 1) * bs);
       const T* values = reinterpret_cast<const T*>(view.Page(a.layer, true, table[b], it.kv_head)) +
                         static_cast<size_t>(k0 - b * bs) * D;
-      for (size_t j = 0; j < NQ_pad; j += kQueryGroup) {
+      for (size_t j = 0; j < NQ4; j += kQueryGroup) {
         Values4(scores_all + j * t_pad + (k0 - t0), t_pad, values, static_cast<size_t>(k1 - k0), D,
+                acc_all + j * D);
+      }
+      for (size_t j = NQ4; j < NQ; ++j) {
+        Values1(scores_all + j * t_pad + (k0 - t0), values, static_cast<size_t>(k1 - k0), D,
                 acc_all + j * D);
       }
     }

@@ -27,15 +27,17 @@ DType DTypeArg(int64_t code) { return static_cast<DType>(code); }
 // pages handed out in random order, as a long-running server's pool would. Contiguous: one page
 // per sequence, so each (sequence, head) is one contiguous array.
 struct Fixture {
+  int32_t kv_heads;
   std::unique_ptr<PagedKvCache> cache;
   std::vector<SeqId> seqs;
   PagedKvViewStorage storage;
   PagedKvView view;
 
-  Fixture(int64_t batch, int64_t context, DType dtype, bool paged) {
+  Fixture(int64_t batch, int64_t context, DType dtype, bool paged, int32_t heads = kKvHeads)
+      : kv_heads(heads) {
     CacheConfig config;
     config.num_layers = 1;
-    config.num_kv_heads = kKvHeads;
+    config.num_kv_heads = heads;
     config.head_dim = kHeadDim;
     config.dtype = dtype;
     config.block_size = paged ? 16 : static_cast<int32_t>(context);
@@ -47,7 +49,7 @@ struct Fixture {
     std::mt19937 rng(42);
     std::uniform_real_distribution<float> u(-1.0f, 1.0f);
     const int64_t chunk = 256;
-    std::vector<float> k(static_cast<size_t>(chunk * kKvHeads * kHeadDim));
+    std::vector<float> k(static_cast<size_t>(chunk * kv_heads * kHeadDim));
     std::vector<float> v(k.size());
     for (float& x : k) x = u(rng);
     for (float& x : v) x = u(rng);
@@ -55,7 +57,7 @@ struct Fixture {
       const SeqId id = OrDie(cache->CreateSequence(), "create").id;
       OrDie(cache->Reserve(id, context), "reserve");
       for (int64_t p = 0; p < context; p += chunk) {
-        const size_t n = static_cast<size_t>(std::min(chunk, context - p) * kKvHeads * kHeadDim);
+        const size_t n = static_cast<size_t>(std::min(chunk, context - p) * kv_heads * kHeadDim);
         OrDie(cache->WriteKv(id, 0, p, absl::MakeConstSpan(k).first(n),
                              absl::MakeConstSpan(v).first(n)), "write");
       }
@@ -79,7 +81,7 @@ struct Fixture {
   int64_t KvBytes() const {
     int64_t tokens = 0;
     for (int32_t s = 0; s < view.num_seqs; ++s) tokens += view.seq_lens[s];
-    return tokens * kKvHeads * kHeadDim * DTypeSize(view.dtype) * 2;
+    return tokens * kv_heads * kHeadDim * DTypeSize(view.dtype) * 2;
   }
 };
 
@@ -114,6 +116,23 @@ void DecodeArgs(benchmark::internal::Benchmark* b) {
 }
 BENCHMARK(BM_DecodePaged)->Apply(DecodeArgs);
 BENCHMARK(BM_DecodeContiguous)->Apply(DecodeArgs);
+
+// The same shape without GQA (32 KV heads, one per query head), f16, as the widely used CPU
+// flash-attention measured in the issue runs it: every query head reads its own K/V.
+void BM_DecodePagedNoGqa(benchmark::State& state) {
+  const int64_t context = state.range(0);
+  Fixture f(1, context, DType::kF16, true, kQHeads);
+  AttentionOptions options;
+  options.num_threads = static_cast<int32_t>(state.range(1));
+  std::vector<float> q(static_cast<size_t>(kQHeads * kHeadDim), 0.01f);
+  std::vector<float> out(q.size());
+  for (auto _ : state) {
+    OrDie(DecodeAttention(f.view, 0, kQHeads, q, absl::MakeSpan(out), options), "decode");
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.SetBytesProcessed(state.iterations() * f.KvBytes());
+}
+BENCHMARK(BM_DecodePagedNoGqa)->ArgNames({"context", "threads"})->Args({2048, 1})->UseRealTime();
 
 // The physical limit: stream a buffer of the same size with the same number of threads.
 void BM_StreamRead(benchmark::State& state) {
