@@ -3,6 +3,7 @@
 #include <mimalloc.h>
 #include <sys/mman.h>
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 
@@ -11,8 +12,17 @@
 
 namespace pagedkv::internal {
 
+namespace {
+std::atomic<int> failures_for_test{0};
+}  // namespace
+
+void FailArenaAllocationsForTest(int count) { failures_for_test.store(count); }
+
 absl::StatusOr<std::byte*> AllocateArena(int64_t bytes) {
-  void* p = bytes > 0 ? mi_zalloc_aligned(static_cast<size_t>(bytes), kArenaAlignment) : nullptr;
+  const bool inject = failures_for_test.load() > 0 && failures_for_test.fetch_sub(1) > 0;
+  void* p = bytes > 0 && !inject
+                ? mi_zalloc_aligned(static_cast<size_t>(bytes), kArenaAlignment)
+                : nullptr;
   if (p == nullptr) {
     return absl::ResourceExhaustedError(
         absl::StrCat("cannot allocate the K/V arena of ", bytes, " bytes (",

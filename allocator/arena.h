@@ -17,6 +17,9 @@ inline constexpr size_t kArenaAlignment = size_t{2} << 20;
 absl::StatusOr<std::byte*> AllocateArena(int64_t bytes);
 void FreeArena(std::byte* arena);
 
+// Test hook: the next `count` arena allocations fail as if the memory were not there.
+void FailArenaAllocationsForTest(int count);
+
 }  // namespace pagedkv::internal
 
 #endif  // PAGEDKV_ALLOCATOR_ARENA_H_

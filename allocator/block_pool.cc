@@ -11,6 +11,17 @@
 #include "absl/strings/str_cat.h"
 #include "allocator/arena.h"
 
+#if defined(__SANITIZE_ADDRESS__)
+#define PAGEDKV_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define PAGEDKV_ASAN 1
+#endif
+#endif
+#if defined(PAGEDKV_ASAN)
+#include <sanitizer/asan_interface.h>
+#endif
+
 namespace pagedkv {
 
 absl::StatusOr<std::unique_ptr<BlockPool>> BlockPool::Create(const CacheConfig& config) {
@@ -42,11 +53,33 @@ BlockPool::BlockPool(const CacheConfig& config, int32_t num_blocks, std::byte* a
       tokens_(static_cast<size_t>(num_blocks) * static_cast<size_t>(config.block_size), 0) {
   free_stack_.reserve(static_cast<size_t>(num_blocks));
   // Block 0 on top: a fresh pool hands out ids in increasing order.
-  for (BlockId b = num_blocks - 1; b >= 0; --b) free_stack_.push_back(b);
+  for (BlockId b = num_blocks - 1; b >= 0; --b) {
+    free_stack_.push_back(b);
+    PoisonPages(b, true);
+  }
+}
+
+void BlockPool::PoisonPages([[maybe_unused]] BlockId b, [[maybe_unused]] bool poison) const {
+#if defined(PAGEDKV_ASAN)
+  if (arena_ == nullptr) return;
+  for (int32_t layer = 0; layer < config_.num_layers; ++layer) {
+    for (bool is_value : {false, true}) {
+      if (poison) {
+        ASAN_POISON_MEMORY_REGION(BlockData(layer, is_value, b), block_bytes_);
+      } else {
+        ASAN_UNPOISON_MEMORY_REGION(BlockData(layer, is_value, b), block_bytes_);
+      }
+    }
+  }
+#endif
 }
 
 BlockPool::~BlockPool() {
-  if (arena_ != nullptr) internal::FreeArena(arena_);
+  if (arena_ == nullptr) return;
+#if defined(PAGEDKV_ASAN)
+  ASAN_UNPOISON_MEMORY_REGION(arena_, arena_bytes_);
+#endif
+  internal::FreeArena(arena_);
 }
 
 absl::StatusOr<BlockId> BlockPool::Allocate() {
@@ -63,6 +96,7 @@ BlockId BlockPool::TryAllocate() {
   if (!free_stack_.empty()) {
     b = free_stack_.back();
     free_stack_.pop_back();
+    PoisonPages(b, false);
   } else if (lru_head_ != kNoBlock) {
     b = lru_head_;
     LruUnlink(b);
@@ -92,6 +126,7 @@ void BlockPool::Release(BlockId b) {
   } else {
     state_[Index(b)] = State::kFree;
     free_stack_.push_back(b);
+    PoisonPages(b, true);
   }
 }
 
@@ -175,6 +210,7 @@ void BlockPool::Reset() {
     ref_count_[Index(b)] = 0;
     lru_prev_[Index(b)] = lru_next_[Index(b)] = kNoBlock;
     free_stack_.push_back(b);
+    PoisonPages(b, true);
   }
   lru_head_ = lru_tail_ = kNoBlock;
   num_evictable_ = 0;

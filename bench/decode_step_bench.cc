@@ -67,3 +67,67 @@ BENCHMARK(BM_DecodeStepPrefixCaching)->Arg(1024);
 
 }  // namespace
 }  // namespace pagedkv::bench
+
+namespace pagedkv::bench {
+namespace {
+
+// The step path from several threads at once: each thread reserves one slot for each of its
+// share of 1,024 running sequences per iteration, all on one cache.
+struct SharedCache {
+  std::unique_ptr<PagedKvCache> cache;
+  std::vector<SeqId> seqs;
+  std::vector<int64_t> start_lengths;
+};
+SharedCache* shared_cache = nullptr;
+
+void SharedCacheSetup(const benchmark::State&) {
+  constexpr int64_t kSeqs = 1024;
+  auto* s = new SharedCache;
+  s->cache = OrDie(PagedKvCache::Create(Llama3_8B(
+                       static_cast<int32_t>(kSeqs * (2048 + kStepsPerReset) / 16 + kSeqs), true)),
+                   "cache");
+  std::mt19937 rng(1);
+  for (int64_t i = 0; i < kSeqs; ++i) {
+    s->seqs.push_back(OrDie(s->cache->CreateSequence(), "create").id);
+    s->start_lengths.push_back(std::uniform_int_distribution<int64_t>(0, 2047)(rng));
+    OrDie(s->cache->Reserve(s->seqs.back(), s->start_lengths.back()), "prefill");
+  }
+  shared_cache = s;
+}
+
+void SharedCacheTeardown(const benchmark::State&) {
+  delete shared_cache;
+  shared_cache = nullptr;
+}
+
+void BM_ConcurrentDecodeStep(benchmark::State& state) {
+  SharedCache& s = *shared_cache;
+  const size_t n = s.seqs.size();
+  const size_t begin = n * static_cast<size_t>(state.thread_index()) / static_cast<size_t>(state.threads());
+  const size_t end = n * static_cast<size_t>(state.thread_index() + 1) / static_cast<size_t>(state.threads());
+  std::vector<ReserveRequest> step;
+  for (size_t i = begin; i < end; ++i) step.push_back({s.seqs[i], 1, {}});
+  int64_t steps = 0;
+  for (auto _ : state) {
+    OrDie(s.cache->ReserveBatch(step), "step");
+    if (++steps == kStepsPerReset) {
+      state.PauseTiming();
+      for (size_t i = begin; i < end; ++i) {
+        OrDie(s.cache->Truncate(s.seqs[i], s.start_lengths[i]), "reset");
+      }
+      steps = 0;
+      state.ResumeTiming();
+    }
+  }
+  state.SetItemsProcessed(state.iterations() * static_cast<int64_t>(end - begin));
+}
+BENCHMARK(BM_ConcurrentDecodeStep)
+    ->Setup(SharedCacheSetup)
+    ->Teardown(SharedCacheTeardown)
+    ->Threads(1)
+    ->Threads(2)
+    ->Threads(4)
+    ->UseRealTime();
+
+}  // namespace
+}  // namespace pagedkv::bench

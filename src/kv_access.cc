@@ -2,6 +2,8 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <mutex>
+#include <shared_mutex>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -46,6 +48,8 @@ void PagedKvCache::WriteRows(const Sequence& seq, int32_t layer, int64_t start, 
 
 absl::Status PagedKvCache::WriteKv(SeqId seq, int32_t layer, int64_t start,
                                    absl::Span<const float> k, absl::Span<const float> v) {
+  // Shared: the slots written belong to this sequence alone (see the class comment).
+  std::shared_lock lock(mu_);
   if (absl::Status s = CheckStorage("WriteKv"); !s.ok()) return s;
   if (absl::Status s = CheckLayer(layer); !s.ok()) return s;
   absl::StatusOr<Sequence*> found = Get(seq);
@@ -80,18 +84,21 @@ absl::Status PagedKvCache::AppendKv(SeqId seq, absl::Span<const float> k,
         " kv heads * ", config.head_dim, " head_dim)"));
   }
   const int64_t n = static_cast<int64_t>(k.size()) / layer_row;
-  absl::StatusOr<int64_t> start = tokens.empty() ? Reserve(seq, n) : Reserve(seq, tokens);
-  if (!start.ok()) return start.status();
+  std::unique_lock lock(mu_);
+  const ReserveRequest request{seq, n, tokens};
+  if (absl::Status s = ReserveBatchLocked(absl::MakeConstSpan(&request, 1)); !s.ok()) return s;
   const Sequence& s = *Find(seq);
+  const int64_t start = s.length - n;
   const int64_t per_layer = n * config.num_kv_heads * config.head_dim;
   for (int32_t layer = 0; layer < config.num_layers; ++layer) {
-    WriteRows(s, layer, *start, n, k.data() + layer * per_layer, v.data() + layer * per_layer);
+    WriteRows(s, layer, start, n, k.data() + layer * per_layer, v.data() + layer * per_layer);
   }
   return absl::OkStatus();
 }
 
 absl::Status PagedKvCache::ReadKv(SeqId seq, int32_t layer, int64_t start, int64_t n,
                                   absl::Span<float> k, absl::Span<float> v) const {
+  std::shared_lock lock(mu_);
   if (absl::Status s = CheckStorage("ReadKv"); !s.ok()) return s;
   if (absl::Status s = CheckLayer(layer); !s.ok()) return s;
   absl::StatusOr<const Sequence*> found = Get(seq);
@@ -120,6 +127,7 @@ absl::Status PagedKvCache::ReadKv(SeqId seq, int32_t layer, int64_t start, int64
 }
 
 absl::Status PagedKvCache::VisitKv(SeqId seq, int32_t layer, KvVisitor visit) const {
+  std::shared_lock lock(mu_);
   if (absl::Status s = CheckStorage("VisitKv"); !s.ok()) return s;
   if (absl::Status s = CheckLayer(layer); !s.ok()) return s;
   absl::StatusOr<const Sequence*> found = Get(seq);
@@ -135,6 +143,7 @@ absl::Status PagedKvCache::VisitKv(SeqId seq, int32_t layer, KvVisitor visit) co
 
 absl::StatusOr<PagedKvView> PagedKvCache::MakeView(absl::Span<const SeqId> seqs,
                                                    PagedKvViewStorage* storage) const {
+  std::shared_lock lock(mu_);
   if (absl::Status s = CheckStorage("MakeView"); !s.ok()) return s;
   for (SeqId id : seqs) {
     if (Find(id) == nullptr) {

@@ -4,6 +4,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>
+#include <shared_mutex>
 #include <utility>
 #include <vector>
 
@@ -89,6 +91,7 @@ SeqId PagedKvCache::NewSlot() {
 
 absl::StatusOr<NewSequence> PagedKvCache::CreateSequence(absl::Span<const int32_t> prompt,
                                                          uint64_t salt) {
+  std::unique_lock lock(mu_);
   const CacheConfig& config = pool_->config();
   if (static_cast<int64_t>(prompt.size()) > config.max_seq_len) {
     return absl::InvalidArgumentError(absl::StrCat("prompt of ", prompt.size(),
@@ -243,19 +246,26 @@ void PagedKvCache::RegisterFullBlocks(Sequence& seq) {
 }
 
 absl::StatusOr<int64_t> PagedKvCache::Reserve(SeqId seq, int64_t num_tokens) {
+  std::unique_lock lock(mu_);
   ReserveRequest request{seq, num_tokens, {}};
-  if (absl::Status s = ReserveBatch(absl::MakeConstSpan(&request, 1)); !s.ok()) return s;
+  if (absl::Status s = ReserveBatchLocked(absl::MakeConstSpan(&request, 1)); !s.ok()) return s;
   return Find(seq)->length - num_tokens;
 }
 
 absl::StatusOr<int64_t> PagedKvCache::Reserve(SeqId seq, absl::Span<const int32_t> tokens) {
   const int64_t n = static_cast<int64_t>(tokens.size());
+  std::unique_lock lock(mu_);
   ReserveRequest request{seq, n, tokens};
-  if (absl::Status s = ReserveBatch(absl::MakeConstSpan(&request, 1)); !s.ok()) return s;
+  if (absl::Status s = ReserveBatchLocked(absl::MakeConstSpan(&request, 1)); !s.ok()) return s;
   return Find(seq)->length - n;
 }
 
 absl::Status PagedKvCache::ReserveBatch(absl::Span<const ReserveRequest> requests) {
+  std::unique_lock lock(mu_);
+  return ReserveBatchLocked(requests);
+}
+
+absl::Status PagedKvCache::ReserveBatchLocked(absl::Span<const ReserveRequest> requests) {
   const uint64_t stamp = ++batch_counter_;
   int64_t needed = 0;
   batch_scratch_.clear();
@@ -288,6 +298,7 @@ absl::Status PagedKvCache::ReserveBatch(absl::Span<const ReserveRequest> request
 }
 
 absl::StatusOr<SeqId> PagedKvCache::Fork(SeqId seq) {
+  std::unique_lock lock(mu_);
   absl::StatusOr<Sequence*> parent = Get(seq);
   if (!parent.ok()) return parent.status();
   const SeqId id = NewSlot();  // May grow slots_: look the parent up again below.
@@ -316,6 +327,7 @@ void PagedKvCache::ReleaseBlocks(Sequence& seq, size_t keep) {
 }
 
 absl::Status PagedKvCache::Truncate(SeqId seq, int64_t length) {
+  std::unique_lock lock(mu_);
   absl::StatusOr<Sequence*> found = Get(seq);
   if (!found.ok()) return found.status();
   Sequence& s = **found;
@@ -338,6 +350,11 @@ absl::Status PagedKvCache::Truncate(SeqId seq, int64_t length) {
 }
 
 absl::Status PagedKvCache::Free(SeqId seq) {
+  std::unique_lock lock(mu_);
+  return FreeLocked(seq);
+}
+
+absl::Status PagedKvCache::FreeLocked(SeqId seq) {
   absl::StatusOr<Sequence*> found = Get(seq);
   if (!found.ok()) return found.status();
   Sequence& s = **found;
@@ -349,13 +366,27 @@ absl::Status PagedKvCache::Free(SeqId seq) {
 }
 
 void PagedKvCache::Clear() {
-  for (SeqId id : SequenceIds()) Free(id).IgnoreError();  // Live ids: cannot fail.
+  std::unique_lock lock(mu_);
+  for (SeqId id : SequenceIdsLocked()) FreeLocked(id).IgnoreError();  // Live ids: cannot fail.
   pool_->Reset();
 }
 
-bool PagedKvCache::Contains(SeqId seq) const { return Find(seq) != nullptr; }
+bool PagedKvCache::Contains(SeqId seq) const {
+  std::shared_lock lock(mu_);
+  return Find(seq) != nullptr;
+}
+
+int64_t PagedKvCache::num_sequences() const {
+  std::shared_lock lock(mu_);
+  return num_live_;
+}
 
 std::vector<SeqId> PagedKvCache::SequenceIds() const {
+  std::shared_lock lock(mu_);
+  return SequenceIdsLocked();
+}
+
+std::vector<SeqId> PagedKvCache::SequenceIdsLocked() const {
   std::vector<SeqId> ids;
   ids.reserve(static_cast<size_t>(num_live_));
   for (size_t slot = 0; slot < slots_.size(); ++slot) {
@@ -365,24 +396,32 @@ std::vector<SeqId> PagedKvCache::SequenceIds() const {
 }
 
 absl::StatusOr<int64_t> PagedKvCache::Length(SeqId seq) const {
+  std::shared_lock lock(mu_);
   absl::StatusOr<const Sequence*> s = Get(seq);
   if (!s.ok()) return s.status();
   return (*s)->length;
 }
 
 absl::StatusOr<int64_t> PagedKvCache::WritableFrom(SeqId seq) const {
+  std::shared_lock lock(mu_);
   absl::StatusOr<const Sequence*> s = Get(seq);
   if (!s.ok()) return s.status();
   return (*s)->writable_from;
 }
 
 absl::StatusOr<absl::Span<const BlockId>> PagedKvCache::BlockTable(SeqId seq) const {
+  std::shared_lock lock(mu_);
   absl::StatusOr<const Sequence*> s = Get(seq);
   if (!s.ok()) return s.status();
   return absl::MakeConstSpan((*s)->blocks);
 }
 
 absl::StatusOr<std::vector<int32_t>> PagedKvCache::Tokens(SeqId seq) const {
+  std::shared_lock lock(mu_);
+  return TokensLocked(seq);
+}
+
+absl::StatusOr<std::vector<int32_t>> PagedKvCache::TokensLocked(SeqId seq) const {
   absl::StatusOr<const Sequence*> found = Get(seq);
   if (!found.ok()) return found.status();
   const Sequence& s = **found;
@@ -400,6 +439,7 @@ absl::StatusOr<std::vector<int32_t>> PagedKvCache::Tokens(SeqId seq) const {
 }
 
 CacheStats PagedKvCache::Stats() const {
+  std::shared_lock lock(mu_);
   const CacheConfig& config = pool_->config();
   const int64_t bs = config.block_size;
   CacheStats stats;
@@ -436,6 +476,7 @@ CacheStats PagedKvCache::Stats() const {
 }
 
 absl::Status PagedKvCache::CheckInvariants() const {
+  std::shared_lock lock(mu_);
   const CacheConfig& config = pool_->config();
   std::vector<int32_t> refs(static_cast<size_t>(pool_->num_blocks()), 0);
   int64_t live = 0;

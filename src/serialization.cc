@@ -10,6 +10,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <mutex>
+#include <shared_mutex>
 #include <string>
 #include <vector>
 
@@ -64,6 +66,7 @@ absl::Status Mismatch(absl::string_view field, int64_t payload_value, int64_t ca
 }  // namespace
 
 absl::StatusOr<std::string> PagedKvCache::Serialize(SeqId seq) const {
+  std::shared_lock lock(mu_);
   if (absl::Status s = CheckStorage("Serialize"); !s.ok()) return s;
   absl::StatusOr<const Sequence*> found = Get(seq);
   if (!found.ok()) return found.status();
@@ -86,7 +89,7 @@ absl::StatusOr<std::string> PagedKvCache::Serialize(SeqId seq) const {
   Put<int64_t>(out, s.length);
   Put<uint64_t>(out, s.salt);
   if (s.tokens_known) {
-    const std::vector<int32_t> tokens = *Tokens(seq);
+    const std::vector<int32_t> tokens = *TokensLocked(seq);
     out.append(reinterpret_cast<const char*>(tokens.data()), tokens.size() * sizeof(int32_t));
   }
   for (int32_t layer = 0; layer < config.num_layers; ++layer) {
@@ -103,6 +106,7 @@ absl::StatusOr<std::string> PagedKvCache::Serialize(SeqId seq) const {
 }
 
 absl::StatusOr<SeqId> PagedKvCache::Restore(absl::string_view payload) {
+  std::unique_lock lock(mu_);
   if (absl::Status s = CheckStorage("Restore"); !s.ok()) return s;
   const CacheConfig& config = pool_->config();
   const int64_t size = static_cast<int64_t>(payload.size());

@@ -127,6 +127,9 @@ class BlockPool {
   void LruPushBack(BlockId b);
   void LruUnlink(BlockId b);
   void DropKey(BlockId b);
+  // Under AddressSanitizer, free blocks' K/V pages are poisoned, so a stale view into a freed
+  // block is reported at the first access; elsewhere this does nothing.
+  void PoisonPages(BlockId b, bool poison) const;
 
   const CacheConfig config_;
   const int32_t num_blocks_;

@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <shared_mutex>
 #include <string>
 #include <vector>
 
@@ -59,8 +60,15 @@ struct ReserveRequest {
 // to a read-only position kFailedPrecondition. Every message names the values involved, and a
 // failed call changes nothing.
 //
-// Thread safety: thread-compatible. Calls that change the cache need external serialization;
-// const calls may run concurrently with each other.
+// Thread safety: every method may be called from many threads at once; an internal
+// reader-writer lock serializes calls that change block tables or the pool (create, reserve,
+// fork, truncate, free, restore, clear) and lets the others (K/V writes into a sequence's own
+// slots, reads, views, stats) run side by side. Calls for one sequence must still be ordered by
+// the caller (reserve before write, no free while a view of it is in use); calls for different
+// sequences need no coordination. Attention kernels read through a PagedKvView without any lock:
+// other sequences may be created, appended, forked and freed meanwhile, since a block stays put
+// while a viewed sequence holds it. pool() and BlockTable() hand out unsynchronized references:
+// use them while no other thread changes the cache.
 class PagedKvCache {
  public:
   // kInvalidArgument for a bad config; kResourceExhausted when the arena cannot be allocated.
@@ -107,7 +115,7 @@ class PagedKvCache {
   void Clear();
 
   bool Contains(SeqId seq) const;
-  int64_t num_sequences() const { return num_live_; }
+  int64_t num_sequences() const;
   // Live sequence ids, oldest slot first.
   std::vector<SeqId> SequenceIds() const;
   absl::StatusOr<int64_t> Length(SeqId seq) const;
@@ -188,6 +196,12 @@ class PagedKvCache {
 
   explicit PagedKvCache(std::unique_ptr<BlockPool> pool);
 
+  // The bodies of the public calls of the same name, for callers that hold mu_.
+  absl::Status ReserveBatchLocked(absl::Span<const ReserveRequest> requests);
+  absl::Status FreeLocked(SeqId seq);
+  absl::StatusOr<std::vector<int32_t>> TokensLocked(SeqId seq) const;
+  std::vector<SeqId> SequenceIdsLocked() const;
+
   Sequence* Find(SeqId seq);
   const Sequence* Find(SeqId seq) const;
   absl::StatusOr<Sequence*> Get(SeqId seq);
@@ -214,6 +228,8 @@ class PagedKvCache {
                  const float* v);
   void ReleaseBlocks(Sequence& seq, size_t keep);
 
+  // Exclusive for calls that change block tables or the pool, shared for the rest.
+  mutable std::shared_mutex mu_;
   std::unique_ptr<BlockPool> pool_;
   const int64_t block_size_;
   const bool prefix_caching_;
