@@ -57,6 +57,15 @@ absl::Status ForEachLine(const std::string& path, ParseLine parse) {
   return absl::OkStatus();
 }
 
+// A read trace, checked to hold requests and sorted by arrival (stable: ties keep file order).
+absl::StatusOr<Workload> InArrivalOrder(Workload w, const std::string& path) {
+  if (w.requests.empty()) return absl::InvalidArgumentError(absl::StrCat(path, ": no requests"));
+  std::stable_sort(w.requests.begin(), w.requests.end(), [](const Request& a, const Request& b) {
+    return a.arrival_seconds < b.arrival_seconds;
+  });
+  return w;
+}
+
 }  // namespace
 
 Workload SyntheticWorkload(int64_t num_requests, uint64_t seed) {
@@ -135,11 +144,7 @@ absl::StatusOr<Workload> ReadAzureCsv(const std::string& path) {
     return absl::OkStatus();
   });
   if (!s.ok()) return s;
-  if (w.requests.empty()) return absl::InvalidArgumentError(absl::StrCat(path, ": no requests"));
-  std::stable_sort(w.requests.begin(), w.requests.end(), [](const Request& a, const Request& b) {
-    return a.arrival_seconds < b.arrival_seconds;
-  });
-  return w;
+  return InArrivalOrder(std::move(w), path);
 }
 
 namespace {
@@ -271,11 +276,7 @@ absl::StatusOr<Workload> ReadMooncakeJsonl(const std::string& path) {
     return absl::OkStatus();
   });
   if (!s.ok()) return s;
-  if (w.requests.empty()) return absl::InvalidArgumentError(absl::StrCat(path, ": no requests"));
-  std::stable_sort(w.requests.begin(), w.requests.end(), [](const Request& a, const Request& b) {
-    return a.arrival_seconds < b.arrival_seconds;
-  });
-  return w;
+  return InArrivalOrder(std::move(w), path);
 }
 
 absl::StatusOr<Workload> ReadTrace(const std::string& path) {
