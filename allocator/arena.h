@@ -12,10 +12,12 @@ namespace pagedkv::internal {
 // Alignment of every arena: a 2 MiB huge page, so the kernel can back it with huge pages.
 inline constexpr size_t kArenaAlignment = size_t{2} << 20;
 
-// Zeroed, kArenaAlignment-aligned memory of `bytes` from mimalloc. kResourceExhausted, naming the
-// size, when it cannot be had.
+// Zeroed, kArenaAlignment-aligned memory of `bytes`: mapped from the kernel with huge pages
+// advised when large, from mimalloc when small. kResourceExhausted, naming the size, when it
+// cannot be had.
 absl::StatusOr<std::byte*> AllocateArena(int64_t bytes);
-void FreeArena(std::byte* arena);
+// Returns an arena; `bytes` as it was allocated.
+void FreeArena(std::byte* arena, int64_t bytes);
 
 // Test hook: the next `count` arena allocations fail as if the memory were not there.
 void FailArenaAllocationsForTest(int count);

@@ -79,7 +79,7 @@ BlockPool::~BlockPool() {
 #if defined(PAGEDKV_ASAN)
   ASAN_UNPOISON_MEMORY_REGION(arena_, arena_bytes_);
 #endif
-  internal::FreeArena(arena_);
+  internal::FreeArena(arena_, arena_bytes_);
 }
 
 absl::StatusOr<BlockId> BlockPool::Allocate() {
