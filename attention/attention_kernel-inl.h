@@ -54,6 +54,42 @@ HWY_INLINE hn::Vec<DF> LoadF32(const T* HWY_RESTRICT p) {
   }
 }
 
+#if HWY_TARGET != HWY_SCALAR
+// Adds the lanes of each 128-bit block of v across blocks and stores the 4 sums.
+template <class D, class V>
+HWY_INLINE void StoreBlockSums(D d, V v, float* HWY_RESTRICT out4) {
+  if constexpr (hn::MaxLanes(D()) > 4) {
+    const hn::Half<D> dh;
+    StoreBlockSums(dh, hn::Add(hn::LowerHalf(dh, v), hn::UpperHalf(dh, v)), out4);
+  } else {
+    hn::StoreU(v, d, out4);
+  }
+}
+#endif
+
+// out4[i] = sum of the lanes of a_i: one transpose-and-add tree for four dot products instead of
+// four horizontal sums.
+HWY_INLINE void SumOfFour(hn::Vec<DF> a0, hn::Vec<DF> a1, hn::Vec<DF> a2, hn::Vec<DF> a3,
+                          float* HWY_RESTRICT out4) {
+#if HWY_TARGET == HWY_SCALAR
+  out4[0] = hn::GetLane(a0);
+  out4[1] = hn::GetLane(a1);
+  out4[2] = hn::GetLane(a2);
+  out4[3] = hn::GetLane(a3);
+#else
+  const DF df;
+  const hn::Repartition<uint64_t, DF> d64;
+  // Per 128-bit block: [a0 02, a1 02, a0 13, a1 13] and the same for a2, a3.
+  const auto t01 = hn::Add(hn::InterleaveLower(df, a0, a1), hn::InterleaveUpper(df, a0, a1));
+  const auto t23 = hn::Add(hn::InterleaveLower(df, a2, a3), hn::InterleaveUpper(df, a2, a3));
+  const auto lo = hn::BitCast(df, hn::InterleaveLower(d64, hn::BitCast(d64, t01),
+                                                      hn::BitCast(d64, t23)));
+  const auto hi = hn::BitCast(df, hn::InterleaveUpper(d64, hn::BitCast(d64, t01),
+                                                      hn::BitCast(d64, t23)));
+  StoreBlockSums(df, hn::Add(lo, hi), out4);  // Per block [a0, a1, a2, a3], then across blocks.
+#endif
+}
+
 // Queries are processed four at a time: one register-resident K or V chunk feeds four FMAs.
 constexpr size_t kQueryGroup = 4;
 
@@ -75,10 +111,9 @@ HWY_INLINE void Scores4(const float* HWY_RESTRICT q, const T* HWY_RESTRICT keys,
       a2 = hn::MulAdd(hn::LoadU(df, q + 2 * D + c), kc, a2);
       a3 = hn::MulAdd(hn::LoadU(df, q + 3 * D + c), kc, a3);
     }
-    float s0 = hn::GetLane(hn::SumOfLanes(df, a0));
-    float s1 = hn::GetLane(hn::SumOfLanes(df, a1));
-    float s2 = hn::GetLane(hn::SumOfLanes(df, a2));
-    float s3 = hn::GetLane(hn::SumOfLanes(df, a3));
+    float sums[4];
+    SumOfFour(a0, a1, a2, a3, sums);
+    float s0 = sums[0], s1 = sums[1], s2 = sums[2], s3 = sums[3];
     for (size_t c = full; c < D; ++c) {
       const float kc = ScalarToF32(k[c]);
       s0 += q[c] * kc;
