@@ -22,10 +22,7 @@ namespace {
 using test::ReferenceCache;
 using test::ReferenceSequence;
 
-int64_t OpsPerThread() {
-  const char* env = std::getenv("PAGEDKV_STRESS_OPS");
-  return env != nullptr ? std::atoll(env) : 4000;
-}
+int64_t OpsPerThread() { return test::EnvOr("PAGEDKV_STRESS_OPS", 4000); }
 
 struct Owned {
   SeqId id;

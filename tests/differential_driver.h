@@ -21,13 +21,7 @@ namespace pagedkv::test {
 
 // A small model in a pool of 512 token slots, so that running out of blocks comes often.
 inline CacheConfig DifferentialConfig(int32_t block_size, DType dtype, bool prefix_caching) {
-  CacheConfig config;
-  config.num_layers = 2;
-  config.num_kv_heads = 2;
-  config.head_dim = 8;
-  config.block_size = block_size;
-  config.dtype = dtype;
-  config.num_blocks = 512 / block_size;  // 512 token slots: exhaustion comes often.
+  CacheConfig config = SmallConfig(block_size, /*num_blocks=*/512 / block_size, dtype);
   config.max_seq_len = 200;
   config.enable_prefix_caching = prefix_caching;
   return config;

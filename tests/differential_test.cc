@@ -21,10 +21,7 @@ namespace {
 using test::DifferentialConfig;
 using test::Driver;
 
-int64_t OpsPerCase() {
-  const char* env = std::getenv("PAGEDKV_DIFF_OPS");
-  return env != nullptr ? std::atoll(env) : 60000;
-}
+int64_t OpsPerCase() { return test::EnvOr("PAGEDKV_DIFF_OPS", 60000); }
 
 using Case = std::tuple<int32_t, DType, bool>;  // block size, dtype, prefix caching
 

@@ -3,6 +3,7 @@
 #define PAGEDKV_TESTS_TEST_UTIL_H_
 
 #include <cstdint>
+#include <cstdlib>
 #include <memory>
 #include <vector>
 
@@ -45,6 +46,13 @@ inline absl::Status ToStatus(const absl::Status& s) { return s; }
 template <typename T>
 absl::Status ToStatus(const absl::StatusOr<T>& s) {
   return s.status();
+}
+
+// The integer in environment variable `name`, or `fallback` when it is not set: how long test
+// runs are stretched outside CI.
+inline int64_t EnvOr(const char* name, int64_t fallback) {
+  const char* value = std::getenv(name);
+  return value != nullptr ? std::atoll(value) : fallback;
 }
 
 // A small model: fast to check exhaustively.
