@@ -8,6 +8,7 @@
 
 #if HWY_ONCE
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -27,6 +28,21 @@
 namespace pagedkv {
 namespace internal {
 HWY_EXPORT(AttendItem);
+
+namespace {
+std::atomic<bool> bf16_dot_allowed{true};
+}  // namespace
+
+bool UseBf16Dot() {
+#if defined(__x86_64__) || defined(__i386__)
+  static const bool has_instruction = __builtin_cpu_supports("avx512bf16");
+  return has_instruction && bf16_dot_allowed.load(std::memory_order_relaxed);
+#else
+  return false;
+#endif
+}
+
+void SetBf16DotForTest(bool allowed) { bf16_dot_allowed.store(allowed); }
 }  // namespace internal
 
 namespace {

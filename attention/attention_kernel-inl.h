@@ -1,12 +1,15 @@
 // The attention kernel for one work item, compiled once per Highway target (attention.cc
 // includes this file through hwy/foreach_target.h).
 //
-// Per KV block of the item's range: K rows are converted to f32 once and dotted with every query
-// of the group (GQA: a page is read once per KV head, not once per query head), scores get the
-// soft-cap and the causal/window mask, an online softmax rescales the running sums, and V rows,
-// converted once, are accumulated with the probabilities. The next block named by the block
-// table is prefetched while this one is worked on: the hardware prefetcher does not follow a
-// jump to a scattered page.
+// Per KV block of the item's range: K rows are dotted with every query of the group (GQA: a
+// page is read once per KV head, not once per query head), scores get the soft-cap and the
+// causal/window mask, an online softmax rescales the running sums, and V rows are accumulated
+// with the probabilities. Two ways to do the products:
+//   - bf16 pages on a CPU with AVX512_BF16, whole groups of four queries: vdpbf16ps on bf16
+//     pairs (bf16_dot-inl.h), queries and probabilities rounded to bf16, f32 sums;
+//   - otherwise K and V rows are widened to f32 in registers, once per group of four queries.
+// The next block named by the block table is prefetched while this one is worked on: the
+// hardware prefetcher does not follow a jump to a scattered page.
 
 #if defined(PAGEDKV_ATTENTION_KERNEL_INL_H_) == defined(HWY_TARGET_TOGGLE)
 #ifdef PAGEDKV_ATTENTION_KERNEL_INL_H_
@@ -23,6 +26,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "attention/bf16_dot-inl.h"
 #include "attention/kernel_args.h"
 #include "hwy/cache_control.h"
 #include "hwy/contrib/math/math-inl.h"
@@ -243,13 +247,19 @@ HWY_INLINE void PrefetchPage(const std::byte* page, size_t bytes) {
   for (; off < bytes; off += 64) hwy::Prefetch(page + off);
 }
 
+// Pages ahead to prefetch. 2-4 pages ahead, into L1 or L2 only, measured no better from DRAM
+// with the vdpbf16ps kernel (11 GB/s at one page with either), so the limit is elsewhere.
 constexpr int64_t kPrefetchPages = 1;
 
 struct Scratch {
   std::vector<float> q, acc, m, l, scores;
+  std::vector<uint16_t> packed_q, probabilities;  // bf16 bits, for the vdpbf16ps path.
+  std::vector<DotSegment> pages;
 };
 
-template <typename T>
+// kDot: bf16 pages through vdpbf16ps (bf16_dot-inl.h), for whole groups of four queries;
+// otherwise K and V are widened to f32 in registers.
+template <typename T, bool kDot>
 void AttendItemT(const KernelArgs& a, const WorkItem& it) {
   const DF df;
   const size_t N = hn::Lanes(df);
@@ -266,12 +276,14 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
   // Scores of one step (see below) per query, padded to whole vectors.
   const size_t step_keys = static_cast<size_t>(bs <= 64 ? 64 / bs * bs : 64);
   const size_t t_pad = (step_keys + N - 1) / N * N;
+  // The dot path keeps its accumulators in whole 32-dim chunks, in DotValuePosition order.
+  const size_t acc_stride = kDot ? (D + 31) / 32 * 32 : D;
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
   thread_local Scratch scratch;
   Scratch& s = scratch;
   s.q.assign(NQ * D, 0.0f);
-  s.acc.assign(NQ * D, 0.0f);
+  s.acc.assign(NQ * acc_stride, 0.0f);
   s.m.assign(NQ, kNegInf);
   s.l.assign(NQ, 0.0f);
   s.scores.resize(NQ * t_pad);
@@ -287,6 +299,11 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
       float* dst = s.q.data() + static_cast<size_t>(r * G + g) * D;
       for (size_t d = 0; d < D; ++d) dst[d] = src[d] * a.scale;
     }
+  }
+  if constexpr (kDot) {
+    s.packed_q.resize(NQ * D);
+    PackQueries(q_all, NQ, D, s.packed_q.data());
+    s.probabilities.resize(NQ * t_pad);
   }
 
   // Keys any row of the item may see.
@@ -308,6 +325,7 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
     const int64_t b1 = (t1 - 1) / bs;
     const size_t n_keys = static_cast<size_t>(t1 - t0);
     // Scores of every page of the step, side by side: column = key - t0.
+    if constexpr (kDot) s.pages.clear();
     for (int64_t b = b0; b <= b1; ++b) {
       const int64_t k0 = std::max(t0, b * bs);
       const int64_t k1 = std::min(t1, (b + 1) * bs);
@@ -319,13 +337,22 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
       }
       const T* keys = reinterpret_cast<const T*>(view.Page(a.layer, false, table[b], it.kv_head)) +
                       static_cast<size_t>(k0 - b * bs) * D;
-      for (size_t j = 0; j < NQ4; j += kQueryGroup) {
-        Scores4(q_all + j * D, keys, static_cast<size_t>(k1 - k0), D,
-                scores_all + j * t_pad + (k0 - t0), t_pad);
-      }
-      for (size_t j = NQ4; j < NQ; ++j) {
-        Scores1(q_all + j * D, keys, static_cast<size_t>(k1 - k0), D,
-                scores_all + j * t_pad + (k0 - t0));
+      const size_t n_page = static_cast<size_t>(k1 - k0);
+      const size_t col = static_cast<size_t>(k0 - t0);
+      if constexpr (kDot) {
+        const DotSegment page{reinterpret_cast<const uint16_t*>(keys), n_page, col};
+        DotScores(s.packed_q.data(), NQ / 4, page, D, scores_all, t_pad);
+        const T* values =
+            reinterpret_cast<const T*>(view.Page(a.layer, true, table[b], it.kv_head)) +
+            static_cast<size_t>(k0 - b * bs) * D;
+        s.pages.push_back(DotSegment{reinterpret_cast<const uint16_t*>(values), n_page, col});
+      } else {
+        for (size_t j = 0; j < NQ4; j += kQueryGroup) {
+          Scores4(q_all + j * D, keys, n_page, D, scores_all + j * t_pad + col, t_pad);
+        }
+        for (size_t j = NQ4; j < NQ; ++j) {
+          Scores1(q_all + j * D, keys, n_page, D, scores_all + j * t_pad + col);
+        }
       }
     }
     for (size_t j = 0; j < NQ; ++j) {
@@ -357,6 +384,7 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
       const float step_max = hn::GetLane(hn::MaxOfLanes(df, vmax));
       if (step_max == kNegInf) {
         for (size_t t = 0; t < n_pad; ++t) row[t] = 0.0f;
+        if constexpr (kDot) std::fill_n(s.probabilities.data() + j * t_pad, n_pad, uint16_t{0});
         continue;
       }
       const float new_max = std::max(s.m[j], step_max);
@@ -369,15 +397,25 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
         hn::StoreU(p, df, row + t);
         vsum = hn::Add(vsum, p);
       }
-      s.l[j] = s.l[j] * correction + hn::GetLane(hn::SumOfLanes(df, vsum));
+      const float step_sum =
+          kDot ? RoundProbabilities(row, n_pad, s.probabilities.data() + j * t_pad)
+               : hn::GetLane(hn::SumOfLanes(df, vsum));
+      s.l[j] = s.l[j] * correction + step_sum;
       s.m[j] = new_max;
       if (correction != 1.0f) {
-        float* HWY_RESTRICT acc = acc_all + j * D;
+        float* HWY_RESTRICT acc = acc_all + j * acc_stride;
         const auto vc = hn::Set(df, correction);
         size_t d = 0;
-        for (; d + N <= D; d += N) hn::StoreU(hn::Mul(hn::LoadU(df, acc + d), vc), df, acc + d);
-        for (; d < D; ++d) acc[d] *= correction;
+        for (; d + N <= acc_stride; d += N) {
+          hn::StoreU(hn::Mul(hn::LoadU(df, acc + d), vc), df, acc + d);
+        }
+        for (; d < acc_stride; ++d) acc[d] *= correction;
       }
+    }
+    if constexpr (kDot) {
+      DotValues(s.probabilities.data(), t_pad, NQ / 4, s.pages.data(), s.pages.size(), D,
+                acc_all, acc_stride);
+      continue;
     }
     for (int64_t b = b0; b <= b1; ++b) {
       const int64_t k0 = std::max(t0, b * bs);
@@ -398,17 +436,18 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t g = 0; g < G; ++g) {
       const size_t j = static_cast<size_t>(r * G + g);
-      const float* acc = s.acc.data() + j * D;
+      const float* acc = s.acc.data() + j * acc_stride;
+      const auto acc_at = [&](size_t d) { return acc[kDot ? DotValuePosition(d) : d]; };
       if (it.partial < 0) {
         float* dst = a.out + ((q_base + it.row_begin + r) * a.num_q_heads + it.kv_head * G + g) *
                                  static_cast<int64_t>(D);
         const float inv = s.l[j] > 0 ? 1.0f / s.l[j] : 0.0f;
-        for (size_t d = 0; d < D; ++d) dst[d] = acc[d] * inv;
+        for (size_t d = 0; d < D; ++d) dst[d] = acc_at(d) * inv;
       } else {
         float* dst = a.partials + it.partial * a.partial_stride + static_cast<int64_t>(j * (D + 2));
         dst[0] = s.m[j];
         dst[1] = s.l[j];
-        std::copy(acc, acc + D, dst + 2);
+        for (size_t d = 0; d < D; ++d) dst[2 + d] = acc_at(d);
       }
     }
   }
@@ -417,11 +456,17 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
 void AttendItem(const KernelArgs& args, const WorkItem& item) {
   switch (args.view.dtype) {
     case DType::kF32:
-      return AttendItemT<float>(args, item);
+      return AttendItemT<float, false>(args, item);
     case DType::kBF16:
-      return AttendItemT<hwy::bfloat16_t>(args, item);
+      if constexpr (kHaveBf16Dot) {
+        if (UseBf16Dot() && args.group * (item.row_end - item.row_begin) % 4 == 0 &&
+            args.view.head_dim % 8 == 0) {
+          return AttendItemT<hwy::bfloat16_t, true>(args, item);
+        }
+      }
+      return AttendItemT<hwy::bfloat16_t, false>(args, item);
     case DType::kF16:
-      return AttendItemT<hwy::float16_t>(args, item);
+      return AttendItemT<hwy::float16_t, false>(args, item);
   }
 }
 

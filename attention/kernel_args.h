@@ -37,6 +37,11 @@ struct KernelArgs {
   int32_t sliding_window = 0;
 };
 
+// Whether bf16 pages may take the vdpbf16ps path: the CPU has AVX512_BF16 and no test has
+// turned it off (SetBf16DotForTest(false) runs the widening path on the same target).
+bool UseBf16Dot();
+void SetBf16DotForTest(bool allowed);
+
 }  // namespace pagedkv::internal
 
 #endif  // PAGEDKV_ATTENTION_KERNEL_ARGS_H_

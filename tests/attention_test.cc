@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "attention/kernel_args.h"
 #include "attention/reference_attention.h"
 #include "gtest/gtest.h"
 #include "hwy/targets.h"
@@ -20,16 +21,26 @@ namespace {
 
 using internal::ContiguousKv;
 
-// Runs the body once per Highway target this binary has and this CPU supports.
+// Runs the body once per Highway target this binary has and this CPU supports; where the CPU
+// has vdpbf16ps, the AVX-512 targets run twice, with and without it (bf16 pages take either
+// the vdpbf16ps path or the widening one).
 template <typename Fn>
 void ForEachTarget(const Fn& fn) {
+  const bool has_bf16_dot = internal::UseBf16Dot();
   for (int64_t target : hwy::SupportedAndGeneratedTargets()) {
-    hwy::SetSupportedTargetsForTest(target);
-    SCOPED_TRACE(hwy::TargetName(target));
-    fn();
+    const bool avx512 = target == HWY_AVX3 || target == HWY_AVX3_DL;
+    for (bool bf16_dot : {true, false}) {
+      if (!bf16_dot && !(has_bf16_dot && avx512)) continue;
+      hwy::SetSupportedTargetsForTest(target);
+      internal::SetBf16DotForTest(bf16_dot);
+      SCOPED_TRACE(absl::StrCat(hwy::TargetName(target), bf16_dot ? "" : " without vdpbf16ps"));
+      fn();
+      if (::testing::Test::HasFatalFailure()) break;
+    }
     if (::testing::Test::HasFatalFailure()) break;
   }
   hwy::SetSupportedTargetsForTest(0);
+  internal::SetBf16DotForTest(true);
 }
 
 struct Case {
@@ -144,8 +155,11 @@ TEST(AttentionTest, MatchesReferenceEverywhere) {
   });
   std::string targets;
   for (int64_t t : hwy::SupportedAndGeneratedTargets()) absl::StrAppend(&targets, " ", hwy::TargetName(t));
-  std::printf("%lld runs over targets%s; worst relative error f32 %.2e, bf16 %.2e, f16 %.2e\n",
-              static_cast<long long>(runs), targets.c_str(), worst[0], worst[1], worst[2]);
+  std::printf("%lld runs over targets%s (vdpbf16ps %s); worst relative error f32 %.2e, "
+              "bf16 %.2e, f16 %.2e\n",
+              static_cast<long long>(runs), targets.c_str(),
+              internal::UseBf16Dot() ? "on and off" : "not on this CPU", worst[0], worst[1],
+              worst[2]);
 }
 
 TEST(AttentionTest, SlidingWindowAndSoftCap) {

@@ -1,0 +1,271 @@
+// bf16 K/V with vdpbf16ps (AVX512_BF16), compiled into the AVX3 and AVX3_DL targets and used
+// when the CPU has the instruction (Highway 1.0.3 has no target that emits it).
+//
+// Four queries share one vector: lane 4 * j + i belongs to query j and dot-product pair i.
+//
+//   QK^T: the packed queries hold, for dims [8 dg, 8 dg + 8), the bf16 pairs (q_j[8dg + 2i],
+//         q_j[8dg + 2i + 1]) in lane 4j + i. Eight dims of a key row, broadcast to all four
+//         128-bit blocks by one load, meet all four queries in one vdpbf16ps. Four keys are then
+//         summed with an in-block transpose, so no per-key horizontal sum is left.
+//   PV:   rows t and t + 1 of V, interleaved 16 bits at a time, pair up with the probabilities
+//         (p_j[t], p_j[t + 1]) rounded to bf16, as flash attention rounds P before its PV
+//         product. The accumulators come out in the interleaved dim order (DotValuePosition),
+//         undone when the output is written.
+//
+// Queries are rounded to bf16 too; accumulation is f32. Error against the f64 reference is
+// about 1e-3 of the output scale (bf16 storage itself has 4e-3 steps).
+
+#if defined(PAGEDKV_ATTENTION_BF16_DOT_INL_H_) == defined(HWY_TARGET_TOGGLE)
+#ifdef PAGEDKV_ATTENTION_BF16_DOT_INL_H_
+#undef PAGEDKV_ATTENTION_BF16_DOT_INL_H_
+#else
+#define PAGEDKV_ATTENTION_BF16_DOT_INL_H_
+#endif
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#include "hwy/highway.h"
+#include "pagedkv/dtype.h"
+
+#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
+#include <immintrin.h>
+#endif
+
+HWY_BEFORE_NAMESPACE();
+namespace pagedkv::internal::HWY_NAMESPACE {
+
+// Where dim d of a query's value accumulator sits in the interleaved order of DotValues: per
+// 32 dims, lane 4b + i of the "low" vector holds dim 8b + i, the "high" vector dim 8b + 4 + i.
+inline size_t DotValuePosition(size_t d) {
+  const size_t r = d % 32;
+  const size_t w = r % 8;
+  return d - r + (w < 4 ? 0 : 16) + 4 * (r / 8) + w % 4;
+}
+
+// One page of keys as DotScores and DotValues read it.
+struct DotSegment {
+  const uint16_t* rows;  // bf16 bits, n rows of head_dim.
+  size_t n;
+  size_t col;  // Column of the first row in the step's score rows.
+};
+
+#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
+constexpr bool kHaveBf16Dot = true;
+
+#define PAGEDKV_BF16_DOT_ATTR __attribute__((target(HWY_TARGET_STR ",avx512bf16")))
+
+// Packs queries [4g, 4g + 4) (f32, already scaled) for DotScores: group g's vector dg lies at
+// pack + (g * D / 8 + dg) * 32.
+inline void PackQueries(const float* HWY_RESTRICT q, size_t num_queries, size_t D,
+                        uint16_t* HWY_RESTRICT pack) {
+  const size_t groups_of_dims = D / 8;
+  for (size_t g = 0; g < num_queries / 4; ++g) {
+    for (size_t dg = 0; dg < groups_of_dims; ++dg) {
+      uint16_t* v = pack + (g * groups_of_dims + dg) * 32;
+      for (size_t j = 0; j < 4; ++j) {
+        const float* src = q + (4 * g + j) * D + 8 * dg;
+        for (size_t e = 0; e < 8; ++e) v[8 * j + e] = BF16FromF32(src[e]);
+      }
+    }
+  }
+}
+
+// Per 128-bit block j: the sums of block j of a0, a1, a2, a3 (four keys of query j).
+PAGEDKV_BF16_DOT_ATTR HWY_INLINE __m512 SumBlocksOfFour(__m512 a0, __m512 a1, __m512 a2,
+                                                        __m512 a3) {
+  const __m512 t01 = _mm512_add_ps(_mm512_unpacklo_ps(a0, a1), _mm512_unpackhi_ps(a0, a1));
+  const __m512 t23 = _mm512_add_ps(_mm512_unpacklo_ps(a2, a3), _mm512_unpackhi_ps(a2, a3));
+  // 64-bit interleaves: per block [a0, a1, a2, a3] of even lanes (lo) and odd lanes (hi).
+  const __m512d lo = _mm512_unpacklo_pd(_mm512_castps_pd(t01), _mm512_castps_pd(t23));
+  const __m512d hi = _mm512_unpackhi_pd(_mm512_castps_pd(t01), _mm512_castps_pd(t23));
+  return _mm512_add_ps(_mm512_castpd_ps(lo), _mm512_castpd_ps(hi));
+}
+
+// scores[j * t_pad + k] = q_j . key k for kKeys consecutive rows of one page. kD: the head dim
+// when known at compile time (row offsets become constants: 16 rows at a run-time stride would
+// need more address registers than there are), else 0 and D is used.
+template <int kKeys, size_t kD>
+PAGEDKV_BF16_DOT_ATTR HWY_INLINE void DotScoresTile(const uint16_t* HWY_RESTRICT pack,
+                                                    const uint16_t* HWY_RESTRICT keys,
+                                                    size_t run_time_D, float* HWY_RESTRICT scores,
+                                                    size_t t_pad) {
+  const size_t D = kD != 0 ? kD : run_time_D;
+  __m512 acc[kKeys];
+  for (int k = 0; k < kKeys; ++k) acc[k] = _mm512_setzero_ps();
+  for (size_t dg = 0; dg < D / 8; ++dg) {
+    const __m512bh q = (__m512bh)_mm512_loadu_si512(pack + dg * 32);
+    for (int k = 0; k < kKeys; ++k) {
+      const __m128i eight = _mm_loadu_si128(
+          reinterpret_cast<const __m128i*>(keys + static_cast<size_t>(k) * D + 8 * dg));
+      acc[k] = _mm512_dpbf16_ps(acc[k], (__m512bh)_mm512_broadcast_i32x4(eight), q);
+    }
+  }
+  if constexpr (kKeys == 16) {
+    const __m512 r0 = SumBlocksOfFour(acc[0], acc[1], acc[2], acc[3]);
+    const __m512 r1 = SumBlocksOfFour(acc[4], acc[5], acc[6], acc[7]);
+    const __m512 r2 = SumBlocksOfFour(acc[8], acc[9], acc[10], acc[11]);
+    const __m512 r3 = SumBlocksOfFour(acc[12], acc[13], acc[14], acc[15]);
+    // Transpose the 4x4 blocks: block j of r_k becomes block k of the row of query j.
+    const __m512 t0 = _mm512_shuffle_f32x4(r0, r1, 0x44), t1 = _mm512_shuffle_f32x4(r0, r1, 0xEE);
+    const __m512 t2 = _mm512_shuffle_f32x4(r2, r3, 0x44), t3 = _mm512_shuffle_f32x4(r2, r3, 0xEE);
+    _mm512_storeu_ps(scores, _mm512_shuffle_f32x4(t0, t2, 0x88));
+    _mm512_storeu_ps(scores + t_pad, _mm512_shuffle_f32x4(t0, t2, 0xDD));
+    _mm512_storeu_ps(scores + 2 * t_pad, _mm512_shuffle_f32x4(t1, t3, 0x88));
+    _mm512_storeu_ps(scores + 3 * t_pad, _mm512_shuffle_f32x4(t1, t3, 0xDD));
+  } else if constexpr (kKeys == 4) {
+    const __m512 r = SumBlocksOfFour(acc[0], acc[1], acc[2], acc[3]);
+    _mm_storeu_ps(scores, _mm512_extractf32x4_ps(r, 0));
+    _mm_storeu_ps(scores + t_pad, _mm512_extractf32x4_ps(r, 1));
+    _mm_storeu_ps(scores + 2 * t_pad, _mm512_extractf32x4_ps(r, 2));
+    _mm_storeu_ps(scores + 3 * t_pad, _mm512_extractf32x4_ps(r, 3));
+  } else {
+    static_assert(kKeys == 1);
+    alignas(64) float lanes[16];
+    _mm512_store_ps(lanes, acc[0]);
+    for (size_t j = 0; j < 4; ++j) {
+      scores[j * t_pad] = (lanes[4 * j] + lanes[4 * j + 1]) + (lanes[4 * j + 2] + lanes[4 * j + 3]);
+    }
+  }
+}
+
+template <size_t kD>
+PAGEDKV_BF16_DOT_ATTR HWY_INLINE void DotScoresOfGroup(const uint16_t* HWY_RESTRICT pack,
+                                                       const DotSegment& page, size_t D,
+                                                       float* HWY_RESTRICT scores, size_t t_pad) {
+  const uint16_t* rows = page.rows;
+  size_t t = 0;
+  for (; t + 16 <= page.n; t += 16) {
+    DotScoresTile<16, kD>(pack, rows + t * D, D, scores + t, t_pad);
+  }
+  for (; t + 4 <= page.n; t += 4) DotScoresTile<4, kD>(pack, rows + t * D, D, scores + t, t_pad);
+  for (; t < page.n; ++t) DotScoresTile<1, kD>(pack, rows + t * D, D, scores + t, t_pad);
+}
+
+// Scores of every packed query group against the rows of one page.
+PAGEDKV_BF16_DOT_ATTR HWY_NOINLINE void DotScores(const uint16_t* HWY_RESTRICT pack,
+                                                  size_t groups, const DotSegment& page, size_t D,
+                                                  float* HWY_RESTRICT scores, size_t t_pad) {
+  for (size_t g = 0; g < groups; ++g) {
+    const uint16_t* group_pack = pack + g * (D / 8) * 32;
+    float* group_scores = scores + 4 * g * t_pad + page.col;
+    switch (D) {
+      case 64:
+        DotScoresOfGroup<64>(group_pack, page, D, group_scores, t_pad);
+        break;
+      case 128:
+        DotScoresOfGroup<128>(group_pack, page, D, group_scores, t_pad);
+        break;
+      case 256:
+        DotScoresOfGroup<256>(group_pack, page, D, group_scores, t_pad);
+        break;
+      default:
+        DotScoresOfGroup<0>(group_pack, page, D, group_scores, t_pad);
+    }
+  }
+}
+
+// Rounds n probabilities (a multiple of 16) to bf16 into `out` and returns their sum, so the
+// softmax denominator matches the weights the value product uses.
+PAGEDKV_BF16_DOT_ATTR HWY_NOINLINE float RoundProbabilities(const float* HWY_RESTRICT p,
+                                                            size_t n, uint16_t* HWY_RESTRICT out) {
+  __m512 sum = _mm512_setzero_ps();
+  for (size_t t = 0; t < n; t += 16) {
+    const __m256i bits = (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(p + t));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + t), bits);
+    sum = _mm512_add_ps(sum, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16)));
+  }
+  return _mm512_reduce_add_ps(sum);
+}
+
+// acc[j] += sum_t p[j][t] V[t] over dims [c0, c0 + 32 * kChunks) for the four queries of a group,
+// two keys per vdpbf16ps.
+template <int kChunks>
+PAGEDKV_BF16_DOT_ATTR HWY_INLINE void DotValuesPass(const uint16_t* HWY_RESTRICT p, size_t t_pad,
+                                                    const DotSegment* pages, size_t num_pages,
+                                                    size_t D, size_t c0,
+                                                    float* HWY_RESTRICT acc, size_t acc_stride) {
+  __m512 a[4][2 * kChunks];
+  __mmask32 valid[kChunks];
+  for (int c = 0; c < kChunks; ++c) {
+    const size_t first = c0 + 32 * static_cast<size_t>(c);
+    const size_t dims = D - first < 32 ? D - first : 32;
+    valid[c] = dims == 32 ? ~__mmask32{0} : static_cast<__mmask32>((1u << dims) - 1);
+    for (int j = 0; j < 4; ++j) {
+      a[j][2 * c] = _mm512_loadu_ps(acc + j * acc_stride + first);
+      a[j][2 * c + 1] = _mm512_loadu_ps(acc + j * acc_stride + first + 16);
+    }
+  }
+  // Rows t and t + 1 (zeros when !kPair) against the probability pairs of the four queries.
+  const auto two_rows = [&]<bool kPair>(const uint16_t* row, const uint16_t* probs) {
+    __m512i lo[kChunks], hi[kChunks];
+    for (int c = 0; c < kChunks; ++c) {
+      const __m512i v0 = _mm512_maskz_loadu_epi16(valid[c], row + 32 * c);
+      const __m512i v1 = kPair ? _mm512_maskz_loadu_epi16(valid[c], row + D + 32 * c)
+                               : _mm512_setzero_si512();
+      lo[c] = _mm512_unpacklo_epi16(v0, v1);
+      hi[c] = _mm512_unpackhi_epi16(v0, v1);
+    }
+    for (int j = 0; j < 4; ++j) {
+      uint32_t both = 0;  // p[t] in the low half, p[t + 1] in the high half.
+      std::memcpy(&both, probs + j * t_pad, kPair ? 4 : 2);
+      const __m512bh pb = (__m512bh)_mm512_set1_epi32(static_cast<int>(both));
+      for (int c = 0; c < kChunks; ++c) {
+        a[j][2 * c] = _mm512_dpbf16_ps(a[j][2 * c], (__m512bh)lo[c], pb);
+        a[j][2 * c + 1] = _mm512_dpbf16_ps(a[j][2 * c + 1], (__m512bh)hi[c], pb);
+      }
+    }
+  };
+  for (size_t s = 0; s < num_pages; ++s) {
+    const uint16_t* rows = pages[s].rows + c0;
+    const uint16_t* probs = p + pages[s].col;
+    const size_t n = pages[s].n;
+    size_t t = 0;
+    for (; t + 2 <= n; t += 2) two_rows.template operator()<true>(rows + t * D, probs + t);
+    if (t < n) two_rows.template operator()<false>(rows + t * D, probs + t);
+  }
+  for (int c = 0; c < kChunks; ++c) {
+    const size_t first = c0 + 32 * static_cast<size_t>(c);
+    for (int j = 0; j < 4; ++j) {
+      _mm512_storeu_ps(acc + j * acc_stride + first, a[j][2 * c]);
+      _mm512_storeu_ps(acc + j * acc_stride + first + 16, a[j][2 * c + 1]);
+    }
+  }
+}
+
+// Value accumulation of every query group over the pages of one step. Accumulators are
+// acc_stride (head_dim rounded up to 32) floats per query, in DotValuePosition order.
+PAGEDKV_BF16_DOT_ATTR HWY_NOINLINE void DotValues(const uint16_t* HWY_RESTRICT p, size_t t_pad,
+                                                  size_t groups, const DotSegment* pages,
+                                                  size_t num_pages, size_t D,
+                                                  float* HWY_RESTRICT acc, size_t acc_stride) {
+  for (size_t g = 0; g < groups; ++g) {
+    const uint16_t* group_p = p + 4 * g * t_pad;
+    float* group_acc = acc + 4 * g * acc_stride;
+    size_t c0 = 0;
+    for (; c0 + 64 <= acc_stride; c0 += 64) {
+      DotValuesPass<2>(group_p, t_pad, pages, num_pages, D, c0, group_acc, acc_stride);
+    }
+    if (c0 < acc_stride) {
+      DotValuesPass<1>(group_p, t_pad, pages, num_pages, D, c0, group_acc, acc_stride);
+    }
+  }
+}
+
+#undef PAGEDKV_BF16_DOT_ATTR
+
+#else
+constexpr bool kHaveBf16Dot = false;
+
+inline void PackQueries(const float*, size_t, size_t, uint16_t*) {}
+inline void DotScores(const uint16_t*, size_t, const DotSegment&, size_t, float*, size_t) {}
+inline float RoundProbabilities(const float*, size_t, uint16_t*) { return 0.0f; }
+inline void DotValues(const uint16_t*, size_t, size_t, const DotSegment*, size_t, size_t, float*,
+                      size_t) {}
+#endif
+
+}  // namespace pagedkv::internal::HWY_NAMESPACE
+HWY_AFTER_NAMESPACE();
+
+#endif  // PAGEDKV_ATTENTION_BF16_DOT_INL_H_
