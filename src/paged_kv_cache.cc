@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <shared_mutex>
 #include <utility>
 #include <vector>
@@ -171,8 +172,19 @@ absl::StatusOr<int64_t> PagedKvCache::PlanReserve(SeqId id, const Sequence& seq,
   return new_blocks + (copy_tail ? 1 : 0);
 }
 
+void PagedKvCache::AllocateBlocks(int64_t n, std::vector<BlockId>* out) {
+  out->clear();
+  for (int64_t i = 0; i < n; ++i) out->push_back(pool_->TryAllocate());
+}
+
 void PagedKvCache::CommitReserve(Sequence& seq, int64_t num_tokens,
-                                 absl::Span<const int32_t> tokens) {
+                                 absl::Span<const int32_t> tokens,
+                                 absl::Span<const BlockId>& fresh) {
+  const auto take = [&fresh] {
+    const BlockId b = fresh.front();
+    fresh.remove_prefix(1);
+    return b;
+  };
   if (num_tokens == 0) return;
   const int64_t bs = block_size_;
   int64_t capacity = Capacity(seq);
@@ -182,7 +194,7 @@ void PagedKvCache::CommitReserve(Sequence& seq, int64_t num_tokens,
       const BlockId tail = seq.blocks.back();
       if (pool_->ref_count(tail) > 1) {
         // Copy-on-write: the writer gets a private copy, the others keep the original.
-        const BlockId copy = pool_->TryAllocate();
+        const BlockId copy = take();
         pool_->CopySlots(tail, copy, static_cast<int32_t>(bs - (capacity - seq.length)));
         pool_->Release(tail);
         seq.blocks.back() = copy;
@@ -195,7 +207,7 @@ void PagedKvCache::CommitReserve(Sequence& seq, int64_t num_tokens,
     }
   }
   const int64_t new_length = seq.length + num_tokens;
-  for (; capacity < new_length; capacity += bs) seq.blocks.push_back(pool_->TryAllocate());
+  for (; capacity < new_length; capacity += bs) seq.blocks.push_back(take());
   if (tokens.empty()) {
     seq.tokens_known = false;
   } else if (seq.tokens_known) {
@@ -246,33 +258,40 @@ void PagedKvCache::RegisterFullBlocks(Sequence& seq) {
 }
 
 absl::StatusOr<int64_t> PagedKvCache::Reserve(SeqId seq, int64_t num_tokens) {
-  std::unique_lock lock(mu_);
-  ReserveRequest request{seq, num_tokens, {}};
-  if (absl::Status s = ReserveBatchLocked(absl::MakeConstSpan(&request, 1)); !s.ok()) return s;
+  const ReserveRequest request{seq, num_tokens, {}};
+  if (absl::Status s = ReserveBatch(absl::MakeConstSpan(&request, 1)); !s.ok()) return s;
+  std::shared_lock lock(mu_);
   return Find(seq)->length - num_tokens;
 }
 
 absl::StatusOr<int64_t> PagedKvCache::Reserve(SeqId seq, absl::Span<const int32_t> tokens) {
   const int64_t n = static_cast<int64_t>(tokens.size());
-  std::unique_lock lock(mu_);
-  ReserveRequest request{seq, n, tokens};
-  if (absl::Status s = ReserveBatchLocked(absl::MakeConstSpan(&request, 1)); !s.ok()) return s;
+  const ReserveRequest request{seq, n, tokens};
+  if (absl::Status s = ReserveBatch(absl::MakeConstSpan(&request, 1)); !s.ok()) return s;
+  std::shared_lock lock(mu_);
   return Find(seq)->length - n;
 }
 
 absl::Status PagedKvCache::ReserveBatch(absl::Span<const ReserveRequest> requests) {
+  if (std::optional<absl::Status> done = ReserveBatchShared(requests)) return *done;
   std::unique_lock lock(mu_);
   return ReserveBatchLocked(requests);
 }
 
-absl::Status PagedKvCache::ReserveBatchLocked(absl::Span<const ReserveRequest> requests) {
-  const uint64_t stamp = ++batch_counter_;
-  int64_t needed = 0;
-  batch_scratch_.clear();
+absl::Status PagedKvCache::PlanBatch(absl::Span<const ReserveRequest> requests, bool shared,
+                                     std::vector<Sequence*>* seqs, int64_t* needed) {
+  const uint64_t stamp = batch_counter_.fetch_add(1, std::memory_order_relaxed) + 1;
+  *needed = 0;
+  seqs->clear();
   for (const ReserveRequest& r : requests) {
     Sequence* s = Find(r.seq);
     if (s == nullptr) {
       return absl::NotFoundError(absl::StrCat("sequence ", r.seq, " is unknown or was freed"));
+    }
+    // A tail that may be shared or cached, or token ids to register, reach beyond the
+    // sequence's own state: the exclusive lock's business.
+    if (shared && (s->tail_needs_check || (prefix_caching_ && !r.tokens.empty()))) {
+      return absl::AbortedError("needs the exclusive lock");
     }
     if (s->batch_stamp == stamp) {
       return absl::InvalidArgumentError(
@@ -281,19 +300,58 @@ absl::Status PagedKvCache::ReserveBatchLocked(absl::Span<const ReserveRequest> r
     s->batch_stamp = stamp;
     absl::StatusOr<int64_t> blocks = PlanReserve(r.seq, *s, r.num_tokens, r.tokens);
     if (!blocks.ok()) return blocks.status();
-    needed += *blocks;
-    batch_scratch_.push_back(s);
+    *needed += *blocks;
+    seqs->push_back(s);
   }
-  if (needed > pool_->num_available()) {
-    return NotEnoughBlocks(
-        needed, requests.size() == 1
-                    ? absl::StrCat("reserving ", requests[0].num_tokens,
-                                   " tokens for sequence ", requests[0].seq)
-                    : absl::StrCat("reserving for ", requests.size(), " sequences"));
+  return absl::OkStatus();
+}
+
+absl::Status PagedKvCache::NotEnoughBlocksForBatch(absl::Span<const ReserveRequest> requests,
+                                                   int64_t needed) const {
+  return NotEnoughBlocks(
+      needed, requests.size() == 1
+                  ? absl::StrCat("reserving ", requests[0].num_tokens, " tokens for sequence ",
+                                 requests[0].seq)
+                  : absl::StrCat("reserving for ", requests.size(), " sequences"));
+}
+
+std::optional<absl::Status> PagedKvCache::ReserveBatchShared(
+    absl::Span<const ReserveRequest> requests) {
+  std::shared_lock lock(mu_);
+  thread_local std::vector<Sequence*> seqs;
+  thread_local std::vector<BlockId> fresh;
+  int64_t needed = 0;
+  if (absl::Status s = PlanBatch(requests, /*shared=*/true, &seqs, &needed); !s.ok()) {
+    if (absl::IsAborted(s)) return std::nullopt;
+    return s;
   }
+  {
+    std::lock_guard pool_lock(pool_mu_);
+    if (needed > pool_->num_available()) return NotEnoughBlocksForBatch(requests, needed);
+    AllocateBlocks(needed, &fresh);
+  }
+  absl::Span<const BlockId> blocks(fresh);
   for (size_t i = 0; i < requests.size(); ++i) {
-    CommitReserve(*batch_scratch_[i], requests[i].num_tokens, requests[i].tokens);
+    CommitReserve(*seqs[i], requests[i].num_tokens, requests[i].tokens, blocks);
   }
+  return absl::OkStatus();
+}
+
+absl::Status PagedKvCache::ReserveBatchLocked(absl::Span<const ReserveRequest> requests) {
+  int64_t needed = 0;
+  if (absl::Status s = PlanBatch(requests, /*shared=*/false, &batch_scratch_, &needed);
+      !s.ok()) {
+    return s;
+  }
+  if (needed > pool_->num_available()) return NotEnoughBlocksForBatch(requests, needed);
+  AllocateBlocks(needed, &fresh_scratch_);
+  absl::Span<const BlockId> blocks(fresh_scratch_);
+  for (size_t i = 0; i < requests.size(); ++i) {
+    CommitReserve(*batch_scratch_[i], requests[i].num_tokens, requests[i].tokens, blocks);
+  }
+  // Forks in one batch that share a tail each planned a copy, but the last to commit holds
+  // the tail alone by then and keeps it: its copy goes back.
+  for (BlockId b : blocks) pool_->Release(b);
   return absl::OkStatus();
 }
 
@@ -327,7 +385,9 @@ void PagedKvCache::ReleaseBlocks(Sequence& seq, size_t keep) {
 }
 
 absl::Status PagedKvCache::Truncate(SeqId seq, int64_t length) {
-  std::unique_lock lock(mu_);
+  // Only this sequence and the pool change (releases under pool_mu_; a fork truncated at the
+  // same time releases the blocks they share under it too): the shared lock suffices.
+  std::shared_lock lock(mu_);
   absl::StatusOr<Sequence*> found = Get(seq);
   if (!found.ok()) return found.status();
   Sequence& s = **found;
@@ -336,7 +396,10 @@ absl::Status PagedKvCache::Truncate(SeqId seq, int64_t length) {
                                                    s.length, " to ", length));
   }
   const int64_t bs = pool_->config().block_size;
-  ReleaseBlocks(s, static_cast<size_t>(CeilDiv(length, bs)));
+  {
+    std::lock_guard pool_lock(pool_mu_);
+    ReleaseBlocks(s, static_cast<size_t>(CeilDiv(length, bs)));
+  }
   s.length = length;
   s.writable_from = std::min(s.writable_from, length);
   s.tail_needs_check = true;
@@ -439,7 +502,8 @@ absl::StatusOr<std::vector<int32_t>> PagedKvCache::TokensLocked(SeqId seq) const
 }
 
 CacheStats PagedKvCache::Stats() const {
-  std::shared_lock lock(mu_);
+  // Every sequence and the pool: no ReserveBatch may run beside it.
+  std::unique_lock lock(mu_);
   const CacheConfig& config = pool_->config();
   const int64_t bs = config.block_size;
   CacheStats stats;
@@ -476,7 +540,8 @@ CacheStats PagedKvCache::Stats() const {
 }
 
 absl::Status PagedKvCache::CheckInvariants() const {
-  std::shared_lock lock(mu_);
+  // Every sequence and the pool: no ReserveBatch may run beside it.
+  std::unique_lock lock(mu_);
   const CacheConfig& config = pool_->config();
   std::vector<int32_t> refs(static_cast<size_t>(pool_->num_blocks()), 0);
   int64_t live = 0;

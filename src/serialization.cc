@@ -189,7 +189,9 @@ absl::StatusOr<SeqId> PagedKvCache::Restore(absl::string_view payload) {
     std::memcpy(tokens.data(), payload.data() + offset, static_cast<size_t>(token_bytes));
     offset += token_bytes;
   }
-  CommitReserve(s, length, tokens);
+  AllocateBlocks(blocks, &fresh_scratch_);
+  absl::Span<const BlockId> fresh(fresh_scratch_);
+  CommitReserve(s, length, tokens, fresh);
   if (length > 0 && !has_tokens) s.tokens_known = false;
   const size_t row_bytes = static_cast<size_t>(config.head_dim) * DTypeSize(config.dtype);
   for (int32_t layer = 0; layer < config.num_layers; ++layer) {

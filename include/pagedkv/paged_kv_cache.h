@@ -5,7 +5,10 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <atomic>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <shared_mutex>
 #include <string>
 #include <vector>
@@ -61,9 +64,14 @@ struct ReserveRequest {
 // failed call changes nothing.
 //
 // Thread safety: every method may be called from many threads at once; an internal
-// reader-writer lock serializes calls that change block tables or the pool (create, reserve,
-// fork, truncate, free, restore, clear) and lets the others (K/V writes into a sequence's own
-// slots, reads, views, stats) run side by side. Calls for one sequence must still be ordered by
+// reader-writer lock serializes the calls that change the sequence table or another
+// sequence's blocks (create, fork, free, restore, clear, stats, invariant checks, and
+// reservations that copy a shared tail or register prefix blocks) and lets the others run side
+// by side: K/V writes into a sequence's own slots, reads, views, truncation, and the common
+// decode-step reservation (private tail, no token ids to register), whose blocks come from and
+// go back to the pool under a short pool lock, so ReserveBatch and Truncate calls for disjoint
+// sequences from several threads scale. Calls for one
+// sequence must still be ordered by
 // the caller (reserve before write, no free while a view of it is in use); calls for different
 // sequences need no coordination. Attention kernels read through a PagedKvView without any lock:
 // other sequences may be created, appended, forked and freed meanwhile, since a block stays put
@@ -218,7 +226,23 @@ class PagedKvCache {
     return static_cast<int64_t>(seq.blocks.size()) * block_size_;
   }
   // Carries out a planned reservation; cannot fail once the plan's blocks are available.
-  void CommitReserve(Sequence& seq, int64_t num_tokens, absl::Span<const int32_t> tokens);
+  // Takes n blocks from the pool (the caller checked num_available()) into *out.
+  void AllocateBlocks(int64_t n, std::vector<BlockId>* out);
+  // Applies a planned reservation, taking its new blocks (tail copy first) from the front of
+  // `fresh`.
+  void CommitReserve(Sequence& seq, int64_t num_tokens, absl::Span<const int32_t> tokens,
+                     absl::Span<const BlockId>& fresh);
+  // Looks up and validates every request of a batch, marking each sequence with this batch's
+  // stamp; *needed gets the blocks the batch takes. With `shared`, kAborted (nothing changed
+  // but stamps) when a request needs the exclusive lock.
+  absl::Status PlanBatch(absl::Span<const ReserveRequest> requests, bool shared,
+                         std::vector<Sequence*>* seqs, int64_t* needed);
+  absl::Status NotEnoughBlocksForBatch(absl::Span<const ReserveRequest> requests,
+                                       int64_t needed) const;
+  // The decode-step path under the shared lock: every request touches only its own sequence
+  // and new blocks, which are taken all at once under pool_mu_, so the batch stays
+  // all-or-nothing. nullopt, with nothing changed, when some request needs the exclusive lock.
+  std::optional<absl::Status> ReserveBatchShared(absl::Span<const ReserveRequest> requests);
   absl::Status NotEnoughBlocks(int64_t needed, absl::string_view what) const;
   void RegisterFullBlocks(Sequence& seq);
   // The K (or V) row of (layer, position, kv head): head_dim elements of the storage dtype.
@@ -228,16 +252,23 @@ class PagedKvCache {
                  const float* v);
   void ReleaseBlocks(Sequence& seq, size_t keep);
 
-  // Exclusive for calls that change block tables or the pool, shared for the rest.
+  // Exclusive for calls that change the sequence table or other sequences' blocks, shared for
+  // the rest; a ReserveBatch whose sequences have private, uncached tails, and a Truncate,
+  // change only their own sequences and take or give back blocks under pool_mu_.
   mutable std::shared_mutex mu_;
+  // Guards the pool while mu_ is held shared (ReserveBatchShared's allocations, Truncate's
+  // releases).
+  std::mutex pool_mu_;
   std::unique_ptr<BlockPool> pool_;
   const int64_t block_size_;
   const bool prefix_caching_;
   std::vector<Sequence> slots_;
-  std::vector<Sequence*> batch_scratch_;  // ReserveBatch's looked-up sequences, reused.
+  // Under the exclusive lock: ReserveBatch's looked-up sequences and new blocks, reused.
+  std::vector<Sequence*> batch_scratch_;
+  std::vector<BlockId> fresh_scratch_;
   std::vector<uint32_t> free_slots_;
   int64_t num_live_ = 0;
-  uint64_t batch_counter_ = 0;
+  std::atomic<uint64_t> batch_counter_{0};
   BlockHashFn block_hash_;
 
   int64_t prefix_queries_ = 0;
