@@ -389,17 +389,20 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
       }
       const float new_max = std::max(s.m[j], step_max);
       const float correction = s.m[j] == kNegInf ? 0.0f : std::exp(s.m[j] - new_max);
-      const auto vnew = hn::Set(df, new_max);
-      auto vsum = hn::Zero(df);
-      for (size_t t = 0; t < n_pad; t += N) {
-        const auto x = hn::LoadU(df, row + t);
-        const auto p = hn::IfThenElseZero(hn::Lt(neg_inf, x), hn::Exp(df, hn::Sub(x, vnew)));
-        hn::StoreU(p, df, row + t);
-        vsum = hn::Add(vsum, p);
+      float step_sum;
+      if constexpr (kDot) {
+        step_sum = DotSoftmaxRow(row, n_pad, new_max, s.probabilities.data() + j * t_pad);
+      } else {
+        const auto vnew = hn::Set(df, new_max);
+        auto vsum = hn::Zero(df);
+        for (size_t t = 0; t < n_pad; t += N) {
+          const auto x = hn::LoadU(df, row + t);
+          const auto p = hn::IfThenElseZero(hn::Lt(neg_inf, x), hn::Exp(df, hn::Sub(x, vnew)));
+          hn::StoreU(p, df, row + t);
+          vsum = hn::Add(vsum, p);
+        }
+        step_sum = hn::GetLane(hn::SumOfLanes(df, vsum));
       }
-      const float step_sum =
-          kDot ? RoundProbabilities(row, n_pad, s.probabilities.data() + j * t_pad)
-               : hn::GetLane(hn::SumOfLanes(df, vsum));
       s.l[j] = s.l[j] * correction + step_sum;
       s.m[j] = new_max;
       if (correction != 1.0f) {
