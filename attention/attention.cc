@@ -8,7 +8,6 @@
 
 #if HWY_ONCE
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -29,20 +28,14 @@ namespace pagedkv {
 namespace internal {
 HWY_EXPORT(AttendItem);
 
-namespace {
-std::atomic<bool> bf16_dot_allowed{true};
-}  // namespace
-
-bool UseBf16Dot() {
+bool CpuHasBf16Dot() {
 #if defined(__x86_64__) || defined(__i386__)
   static const bool has_instruction = __builtin_cpu_supports("avx512bf16");
-  return has_instruction && bf16_dot_allowed.load(std::memory_order_relaxed);
+  return has_instruction;
 #else
   return false;
 #endif
 }
-
-void SetBf16DotForTest(bool allowed) { bf16_dot_allowed.store(allowed); }
 }  // namespace internal
 
 namespace {
@@ -132,6 +125,7 @@ absl::Status ExtendAttention(const PagedKvView& view, int32_t layer, int32_t num
                                  : 1.0f / std::sqrt(static_cast<float>(view.head_dim));
   args.soft_cap = options.soft_cap;
   args.sliding_window = options.sliding_window;
+  args.bf16_products = options.bf16_products && internal::CpuHasBf16Dot();
   const int32_t threads = ThreadCount(options.num_threads);
 
   // Query rows are tiled so that a tile holds about 64 query vectors of one KV head.

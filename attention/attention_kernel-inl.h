@@ -462,7 +462,7 @@ void AttendItem(const KernelArgs& args, const WorkItem& item) {
       return AttendItemT<float, false>(args, item);
     case DType::kBF16:
       if constexpr (kHaveBf16Dot) {
-        if (UseBf16Dot() && args.group * (item.row_end - item.row_begin) % 4 == 0 &&
+        if (args.bf16_products && args.group * (item.row_end - item.row_begin) % 4 == 0 &&
             args.view.head_dim % 8 == 0) {
           return AttendItemT<hwy::bfloat16_t, true>(args, item);
         }

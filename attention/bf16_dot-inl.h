@@ -202,6 +202,33 @@ PAGEDKV_BF16_DOT_ATTR HWY_NOINLINE float DotSoftmaxRow(const float* HWY_RESTRICT
   return _mm512_reduce_add_ps(sum);
 }
 
+// Rows t and t + 1 of V (row t + 1 zeros when !kPair) against the probability pairs
+// (p_j[t], p_j[t + 1]) of the four queries, into the accumulators of DotValuesPass.
+template <int kChunks, bool kPair>
+PAGEDKV_BF16_DOT_ATTR HWY_INLINE void DotValuesTwoRows(const uint16_t* HWY_RESTRICT row,
+                                                       const uint16_t* HWY_RESTRICT probs,
+                                                       size_t t_pad, size_t D,
+                                                       const __mmask32 (&valid)[kChunks],
+                                                       __m512 (&a)[4][2 * kChunks]) {
+  __m512i lo[kChunks], hi[kChunks];
+  for (int c = 0; c < kChunks; ++c) {
+    const __m512i v0 = _mm512_maskz_loadu_epi16(valid[c], row + 32 * c);
+    const __m512i v1 =
+        kPair ? _mm512_maskz_loadu_epi16(valid[c], row + D + 32 * c) : _mm512_setzero_si512();
+    lo[c] = _mm512_unpacklo_epi16(v0, v1);
+    hi[c] = _mm512_unpackhi_epi16(v0, v1);
+  }
+  for (int j = 0; j < 4; ++j) {
+    uint32_t both = 0;  // p[t] in the low half, p[t + 1] in the high half.
+    std::memcpy(&both, probs + j * t_pad, kPair ? 4 : 2);
+    const __m512bh pb = (__m512bh)_mm512_set1_epi32(static_cast<int>(both));
+    for (int c = 0; c < kChunks; ++c) {
+      a[j][2 * c] = _mm512_dpbf16_ps(a[j][2 * c], (__m512bh)lo[c], pb);
+      a[j][2 * c + 1] = _mm512_dpbf16_ps(a[j][2 * c + 1], (__m512bh)hi[c], pb);
+    }
+  }
+}
+
 // acc[j] += sum_t p[j][t] V[t] over dims [c0, c0 + 32 * kChunks) for the four queries of a group,
 // two keys per vdpbf16ps.
 template <int kChunks>
@@ -220,33 +247,15 @@ PAGEDKV_BF16_DOT_ATTR HWY_INLINE void DotValuesPass(const uint16_t* HWY_RESTRICT
       a[j][2 * c + 1] = _mm512_loadu_ps(acc + j * acc_stride + first + 16);
     }
   }
-  // Rows t and t + 1 (zeros when !kPair) against the probability pairs of the four queries.
-  const auto two_rows = [&]<bool kPair>(const uint16_t* row, const uint16_t* probs) {
-    __m512i lo[kChunks], hi[kChunks];
-    for (int c = 0; c < kChunks; ++c) {
-      const __m512i v0 = _mm512_maskz_loadu_epi16(valid[c], row + 32 * c);
-      const __m512i v1 = kPair ? _mm512_maskz_loadu_epi16(valid[c], row + D + 32 * c)
-                               : _mm512_setzero_si512();
-      lo[c] = _mm512_unpacklo_epi16(v0, v1);
-      hi[c] = _mm512_unpackhi_epi16(v0, v1);
-    }
-    for (int j = 0; j < 4; ++j) {
-      uint32_t both = 0;  // p[t] in the low half, p[t + 1] in the high half.
-      std::memcpy(&both, probs + j * t_pad, kPair ? 4 : 2);
-      const __m512bh pb = (__m512bh)_mm512_set1_epi32(static_cast<int>(both));
-      for (int c = 0; c < kChunks; ++c) {
-        a[j][2 * c] = _mm512_dpbf16_ps(a[j][2 * c], (__m512bh)lo[c], pb);
-        a[j][2 * c + 1] = _mm512_dpbf16_ps(a[j][2 * c + 1], (__m512bh)hi[c], pb);
-      }
-    }
-  };
   for (size_t s = 0; s < num_pages; ++s) {
     const uint16_t* rows = pages[s].rows + c0;
     const uint16_t* probs = p + pages[s].col;
     const size_t n = pages[s].n;
     size_t t = 0;
-    for (; t + 2 <= n; t += 2) two_rows.template operator()<true>(rows + t * D, probs + t);
-    if (t < n) two_rows.template operator()<false>(rows + t * D, probs + t);
+    for (; t + 2 <= n; t += 2) {
+      DotValuesTwoRows<kChunks, true>(rows + t * D, probs + t, t_pad, D, valid, a);
+    }
+    if (t < n) DotValuesTwoRows<kChunks, false>(rows + t * D, probs + t, t_pad, D, valid, a);
   }
   for (int c = 0; c < kChunks; ++c) {
     const size_t first = c0 + 32 * static_cast<size_t>(c);

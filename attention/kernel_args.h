@@ -35,12 +35,11 @@ struct KernelArgs {
   float scale = 1.0f;
   float soft_cap = 0.0f;
   int32_t sliding_window = 0;
+  bool bf16_products = false;  // AttentionOptions::bf16_products on a CPU that has vdpbf16ps.
 };
 
-// Whether bf16 pages may take the vdpbf16ps path: the CPU has AVX512_BF16 and no test has
-// turned it off (SetBf16DotForTest(false) runs the widening path on the same target).
-bool UseBf16Dot();
-void SetBf16DotForTest(bool allowed);
+// Whether this CPU has AVX512_BF16 (vdpbf16ps).
+bool CpuHasBf16Dot();
 
 }  // namespace pagedkv::internal
 

@@ -117,6 +117,28 @@ void DecodeArgs(benchmark::internal::Benchmark* b) {
 BENCHMARK(BM_DecodePaged)->Apply(DecodeArgs);
 BENCHMARK(BM_DecodeContiguous)->Apply(DecodeArgs);
 
+// bf16 pages with and without AttentionOptions::bf16_products (vdpbf16ps against widening to
+// f32), in L3, one thread: decode (1 x 2,048) and extend (512 new on 1,536).
+void BM_Bf16Products(benchmark::State& state) {
+  const bool extend = state.range(0) != 0;
+  const int64_t fresh = extend ? 512 : 1;
+  Fixture f(1, 2048, DType::kBF16, true);
+  AttentionOptions options;
+  options.bf16_products = state.range(1) != 0;
+  const std::vector<int32_t> offsets = {0, static_cast<int32_t>(fresh)};
+  std::vector<float> q(static_cast<size_t>(fresh * kQHeads * kHeadDim), 0.01f);
+  std::vector<float> out(q.size());
+  for (auto _ : state) {
+    OrDie(ExtendAttention(f.view, 0, kQHeads, offsets, q, absl::MakeSpan(out), options), "run");
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.SetBytesProcessed(state.iterations() * f.KvBytes());
+}
+BENCHMARK(BM_Bf16Products)
+    ->ArgNames({"extend", "products"})
+    ->ArgsProduct({{0, 1}, {0, 1}})
+    ->UseRealTime();
+
 // The same shape without GQA (32 KV heads, one per query head), f16, as the widely used CPU
 // flash-attention measured in the issue runs it: every query head reads its own K/V.
 void BM_DecodePagedNoGqa(benchmark::State& state) {

@@ -21,26 +21,27 @@ namespace {
 
 using internal::ContiguousKv;
 
+// Whether RunCase lets bf16 pages take the vdpbf16ps path (AttentionOptions::bf16_products).
+bool bf16_products = true;
+
 // Runs the body once per Highway target this binary has and this CPU supports; where the CPU
-// has vdpbf16ps, the AVX-512 targets run twice, with and without it (bf16 pages take either
-// the vdpbf16ps path or the widening one).
+// has vdpbf16ps, the AVX-512 targets run twice, with and without bf16 products.
 template <typename Fn>
 void ForEachTarget(const Fn& fn) {
-  const bool has_bf16_dot = internal::UseBf16Dot();
   for (int64_t target : hwy::SupportedAndGeneratedTargets()) {
     const bool avx512 = target == HWY_AVX3 || target == HWY_AVX3_DL;
-    for (bool bf16_dot : {true, false}) {
-      if (!bf16_dot && !(has_bf16_dot && avx512)) continue;
+    for (bool products : {true, false}) {
+      if (!products && !(internal::CpuHasBf16Dot() && avx512)) continue;
       hwy::SetSupportedTargetsForTest(target);
-      internal::SetBf16DotForTest(bf16_dot);
-      SCOPED_TRACE(absl::StrCat(hwy::TargetName(target), bf16_dot ? "" : " without vdpbf16ps"));
+      bf16_products = products;
+      SCOPED_TRACE(absl::StrCat(hwy::TargetName(target), products ? "" : " without bf16 products"));
       fn();
       if (::testing::Test::HasFatalFailure()) break;
     }
     if (::testing::Test::HasFatalFailure()) break;
   }
   hwy::SetSupportedTargetsForTest(0);
-  internal::SetBf16DotForTest(true);
+  bf16_products = true;
 }
 
 struct Case {
@@ -110,8 +111,10 @@ double RunCase(const Case& c, uint64_t seed) {
   PagedKvViewStorage storage;
   PagedKvView view = *cache->MakeView(ids, &storage);
   std::vector<float> out(q.size(), -7.0f);
+  AttentionOptions options = c.options;
+  options.bf16_products = bf16_products;
   const absl::Status status = ExtendAttention(view, layer, num_q_heads, q_offsets, q,
-                                              absl::MakeSpan(out), c.options);
+                                              absl::MakeSpan(out), options);
   EXPECT_TRUE(status.ok()) << status;
   const std::vector<float> want = internal::ReferenceAttention(
       contiguous, c.num_kv_heads, c.head_dim, num_q_heads, q_offsets, q, c.options);
@@ -158,7 +161,7 @@ TEST(AttentionTest, MatchesReferenceEverywhere) {
   std::printf("%lld runs over targets%s (vdpbf16ps %s); worst relative error f32 %.2e, "
               "bf16 %.2e, f16 %.2e\n",
               static_cast<long long>(runs), targets.c_str(),
-              internal::UseBf16Dot() ? "on and off" : "not on this CPU", worst[0], worst[1],
+              internal::CpuHasBf16Dot() ? "on and off" : "not on this CPU", worst[0], worst[1],
               worst[2]);
 }
 

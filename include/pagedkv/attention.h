@@ -23,6 +23,12 @@ struct AttentionOptions {
   // With more threads than (sequence, kv head) work, a long context is split into partitions of
   // at least this many tokens that run in parallel and are reduced (flash-decoding).
   int32_t min_partition_tokens = 512;
+  // bf16 pages on a CPU with AVX512_BF16: multiply in bf16 pairs (vdpbf16ps) with queries and
+  // softmax probabilities rounded to bf16, as GPU flash attention does, summing in f32. Error
+  // about 2e-3 of the output scale; decode about 1.6x and extend 1.9x faster than false, which
+  // widens K/V to f32 and keeps every product in f32 (error about 3e-7). No effect on f32 or
+  // f16 pages, or on CPUs without the instruction.
+  bool bf16_products = true;
 };
 
 // Decode: one query token per viewed sequence, attending to all of its cached positions (the
