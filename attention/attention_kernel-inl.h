@@ -247,8 +247,8 @@ HWY_INLINE void PrefetchPage(const std::byte* page, size_t bytes) {
   for (; off < bytes; off += 64) hwy::Prefetch(page + off);
 }
 
-// Pages ahead to prefetch. 2-4 pages ahead, into L1 or L2 only, measured no better from DRAM
-// with the vdpbf16ps kernel (11 GB/s at one page with either), so the limit is elsewhere.
+// Pages ahead to prefetch. With the vdpbf16ps kernel, 2, 4 or 8 pages ahead, the L2 hint, or
+// only a page's first lines all measured no better from DRAM (about 11 GB/s on one core).
 constexpr int64_t kPrefetchPages = 1;
 
 struct Scratch {

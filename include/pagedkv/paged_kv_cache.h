@@ -3,9 +3,9 @@
 #ifndef PAGEDKV_PAGED_KV_CACHE_H_
 #define PAGEDKV_PAGED_KV_CACHE_H_
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
-#include <atomic>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -63,16 +63,15 @@ struct ReserveRequest {
 // to a read-only position kFailedPrecondition. Every message names the values involved, and a
 // failed call changes nothing.
 //
-// Thread safety: every method may be called from many threads at once; an internal
-// reader-writer lock serializes the calls that change the sequence table or another
-// sequence's blocks (create, fork, free, restore, clear, stats, invariant checks, and
-// reservations that copy a shared tail or register prefix blocks) and lets the others run side
-// by side: K/V writes into a sequence's own slots, reads, views, truncation, and the common
-// decode-step reservation (private tail, no token ids to register), whose blocks come from and
-// go back to the pool under a short pool lock, so ReserveBatch and Truncate calls for disjoint
-// sequences from several threads scale. Calls for one
-// sequence must still be ordered by
-// the caller (reserve before write, no free while a view of it is in use); calls for different
+// Thread safety: every method may be called from many threads at once. An internal
+// reader-writer lock serializes the calls that change the sequence table or blocks other
+// sequences hold (create, fork, free, restore, clear, and reservations that copy a shared tail
+// or register prefix blocks) and those that read every sequence (Stats, CheckInvariants). The
+// others run side by side: K/V writes into a sequence's own slots, reads, views, truncation,
+// and the common decode-step reservation (private tail, no token ids to register), whose blocks
+// come from and go back to the pool under a short pool lock, so ReserveBatch and Truncate calls
+// for disjoint sequences from several threads scale. Calls for one sequence must still be ordered by the
+// caller (reserve before write, no free while a view of it is in use); calls for different
 // sequences need no coordination. Attention kernels read through a PagedKvView without any lock:
 // other sequences may be created, appended, forked and freed meanwhile, since a block stays put
 // while a viewed sequence holds it. pool() and BlockTable() hand out unsynchronized references:
@@ -225,11 +224,10 @@ class PagedKvCache {
   int64_t Capacity(const Sequence& seq) const {
     return static_cast<int64_t>(seq.blocks.size()) * block_size_;
   }
-  // Carries out a planned reservation; cannot fail once the plan's blocks are available.
   // Takes n blocks from the pool (the caller checked num_available()) into *out.
   void AllocateBlocks(int64_t n, std::vector<BlockId>* out);
-  // Applies a planned reservation, taking its new blocks (tail copy first) from the front of
-  // `fresh`.
+  // Carries out a planned reservation, taking its new blocks (tail copy first) from the front
+  // of `fresh`; cannot fail.
   void CommitReserve(Sequence& seq, int64_t num_tokens, absl::Span<const int32_t> tokens,
                      absl::Span<const BlockId>& fresh);
   // Looks up and validates every request of a batch, marking each sequence with this batch's
