@@ -3,6 +3,10 @@
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
 
+#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
+#include <immintrin.h>
+#endif
+
 HWY_BEFORE_NAMESPACE();
 namespace pagedkv::bench::HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
@@ -43,6 +47,28 @@ double FmaChainsImpl(int64_t iterations, float seed) {
   return 2.0 * 10.0 * static_cast<double>(hn::Lanes(d)) * static_cast<double>(iterations);
 }
 
+#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
+// Twelve independent chains of vdpbf16ps from registers (32 multiply-adds each): the peak
+// the bf16 attention path works against. Needs AVX512_BF16 (checked by the caller).
+__attribute__((target(HWY_TARGET_STR ",avx512bf16"))) HWY_NOINLINE double Bf16DotChainsImpl(
+    int64_t iterations, float seed) {
+  __m512 acc[12];
+  for (__m512& a : acc) a = _mm512_set1_ps(seed);
+  const __m512bh x = (__m512bh)_mm512_set1_epi32(0x3f803f80);  // bf16 pairs (1, 1).
+  const __m512bh y = (__m512bh)_mm512_set1_epi32(0x33d633d6);  // bf16 pairs of about 1e-7.
+  for (int64_t i = 0; i < iterations; ++i) {
+    for (__m512& a : acc) a = _mm512_dpbf16_ps(a, x, y);
+  }
+  __m512 sum = acc[0];
+  for (int k = 1; k < 12; ++k) sum = _mm512_add_ps(sum, acc[k]);
+  volatile float sink = _mm512_reduce_add_ps(sum);
+  (void)sink;
+  return 12.0 * static_cast<double>(iterations);
+}
+#else
+double Bf16DotChainsImpl(int64_t, float) { return 0.0; }
+#endif
+
 }  // namespace pagedkv::bench::HWY_NAMESPACE
 HWY_AFTER_NAMESPACE();
 
@@ -52,10 +78,19 @@ HWY_AFTER_NAMESPACE();
 namespace pagedkv::bench {
 HWY_EXPORT(StreamSumImpl);
 HWY_EXPORT(FmaChainsImpl);
+HWY_EXPORT(Bf16DotChainsImpl);
 
 float StreamSum(const float* data, size_t n) { return HWY_DYNAMIC_DISPATCH(StreamSumImpl)(data, n); }
 double FmaChains(int64_t iterations, float seed) {
   return HWY_DYNAMIC_DISPATCH(FmaChainsImpl)(iterations, seed);
+}
+double Bf16DotChains(int64_t iterations, float seed) {
+#if defined(__x86_64__) || defined(__i386__)
+  if (!__builtin_cpu_supports("avx512bf16")) return 0.0;
+  return HWY_DYNAMIC_DISPATCH(Bf16DotChainsImpl)(iterations, seed);
+#else
+  return 0.0;
+#endif
 }
 
 }  // namespace pagedkv::bench

@@ -13,6 +13,9 @@ float StreamSum(const float* data, size_t n);
 // Runs `iterations` rounds of independent fused multiply-adds and returns the FLOPs done
 // (2 per lane per FMA).
 double FmaChains(int64_t iterations, float seed);
+// Runs `iterations` rounds of independent vdpbf16ps and returns how many were executed; 0 when
+// the CPU lacks AVX512_BF16.
+double Bf16DotChains(int64_t iterations, float seed);
 
 }  // namespace pagedkv::bench
 
