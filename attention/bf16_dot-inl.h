@@ -177,7 +177,7 @@ PAGEDKV_BF16_DOT_ATTR HWY_NOINLINE float DotSoftmaxRow(const float* HWY_RESTRICT
                                                        uint16_t* HWY_RESTRICT out) {
   constexpr float kLog2e = 1.44269504088896341f;
   const __m512 log2e = _mm512_set1_ps(kLog2e);
-  const __m512 offset = _mm512_set1_ps(max * kLog2e);
+  const __m512 vmax = _mm512_set1_ps(max);
   const __m512 neg_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
   // Taylor coefficients of 2^f = e^(f ln 2) on [-0.5, 0.5].
   const __m512 c1 = _mm512_set1_ps(0.693147181f), c2 = _mm512_set1_ps(0.240226507f);
@@ -187,7 +187,8 @@ PAGEDKV_BF16_DOT_ATTR HWY_NOINLINE float DotSoftmaxRow(const float* HWY_RESTRICT
   for (size_t t = 0; t < n; t += 16) {
     const __m512 x = _mm512_loadu_ps(scores + t);
     const __mmask16 live = _mm512_cmp_ps_mask(x, neg_inf, _CMP_NEQ_OQ);
-    const __m512 y = _mm512_fmsub_ps(x, log2e, offset);
+    // x - max first: exact near the maximum, whatever the logits' magnitude.
+    const __m512 y = _mm512_mul_ps(_mm512_sub_ps(x, vmax), log2e);
     const __m512 whole = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const __m512 f = _mm512_sub_ps(y, whole);
     __m512 poly = _mm512_fmadd_ps(c4, f, c3);

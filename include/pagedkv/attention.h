@@ -27,7 +27,9 @@ struct AttentionOptions {
   // softmax probabilities rounded to bf16, as GPU flash attention does, summing in f32. Error
   // about 2e-3 of the output scale; decode about 1.3x and extend 1.7x faster (BM_Bf16Products
   // on a Zen 5 core) than false, which widens K/V to f32 and keeps every product in f32 (error
-  // about 3e-7). No effect on f32 or f16 pages, or on CPUs without the instruction.
+  // about 3e-7). No effect on f32 or f16 pages, or on CPUs without the instruction. The bf16
+  // query makes each logit's error about 2^-9 of its size, so for very sharp attention (logits
+  // in the hundreds, e.g. a large `scale`) set this to false.
   bool bf16_products = true;
 };
 
