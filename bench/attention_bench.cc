@@ -3,7 +3,10 @@
 //   paged vs contiguous (the same kernel over one page per sequence: a contiguous array);
 //   FLOP/s of extend vs BM_FmaPeak.
 // Shape: Llama-3-8B attention, 32 query heads, 8 KV heads, head dim 128, 16-token pages.
+#include <sys/mman.h>
+
 #include <algorithm>
+#include <cstdlib>
 #include <cstdint>
 #include <memory>
 #include <random>
@@ -173,6 +176,40 @@ void BM_StreamRead(benchmark::State& state) {
 BENCHMARK(BM_StreamRead)
     ->ArgNames({"bytes", "threads"})
     ->ArgsProduct({{8 << 20, 128 << 20, 256 << 20}, {1, 2}})
+    ->UseRealTime();
+
+// Paged decode's access pattern without its arithmetic: 4 KiB pages (16 bf16 rows of 128) of a
+// huge-page arena read in random order, the next one prefetched, split over the threads. Its
+// bytes/s against BM_StreamRead's is what scattering pages costs the memory system itself.
+void BM_ScatteredPageRead(benchmark::State& state) {
+  const size_t bytes = static_cast<size_t>(state.range(0));
+  const int threads = static_cast<int>(state.range(1));
+  constexpr size_t kPageFloats = 1024;
+  const size_t pages = bytes / (kPageFloats * sizeof(float));
+  // As the cache's arena: 2 MiB aligned, huge pages advised before the first write.
+  constexpr size_t kHuge = size_t{2} << 20;
+  std::unique_ptr<float, decltype(&std::free)> buffer(
+      static_cast<float*>(std::aligned_alloc(kHuge, (bytes + kHuge - 1) / kHuge * kHuge)),
+      &std::free);
+  madvise(buffer.get(), bytes, MADV_HUGEPAGE);
+  std::fill_n(buffer.get(), bytes / sizeof(float), 1.0f);
+  const float* base = buffer.get();
+  std::vector<int32_t> order(pages);
+  for (size_t i = 0; i < pages; ++i) order[i] = static_cast<int32_t>(i);
+  std::shuffle(order.begin(), order.end(), std::mt19937(3));
+  const size_t per = pages / static_cast<size_t>(threads);
+  for (auto _ : state) {
+    float total = 0;
+#pragma omp parallel for num_threads(threads) reduction(+ : total) if (threads > 1)
+    for (int t = 0; t < threads; ++t) total += PageSum(base, order.data() + per * t, per, kPageFloats);
+    benchmark::DoNotOptimize(total);
+  }
+  state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(per * threads) *
+                          static_cast<int64_t>(kPageFloats * sizeof(float)));
+}
+BENCHMARK(BM_ScatteredPageRead)
+    ->ArgNames({"bytes", "threads"})
+    ->ArgsProduct({{8 << 20, 256 << 20}, {1, 2}})
     ->UseRealTime();
 
 // Prefill of `new` tokens on `cached` ones, one sequence: FLOPs of QK^T and PV, causal.

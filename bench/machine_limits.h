@@ -10,6 +10,9 @@ namespace pagedkv::bench {
 
 // Sum of n floats, streamed with the widest vectors this CPU has.
 float StreamSum(const float* data, size_t n);
+// Sum of num_pages pages of page_floats floats at base, in the order given (page indices), with
+// the next page prefetched while one is read.
+float PageSum(const float* base, const int32_t* order, size_t num_pages, size_t page_floats);
 // Runs `iterations` rounds of independent fused multiply-adds and returns the FLOPs done
 // (2 per lane per FMA).
 double FmaChains(int64_t iterations, float seed);
