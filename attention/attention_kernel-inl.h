@@ -99,13 +99,16 @@ constexpr size_t kQueryGroup = 4;
 
 // scores[j][t] = q[j] . K[t] for the four queries of group q (rows of `scores` are t_pad long).
 // K rows are read from the page in the storage dtype and widened in registers, once per group.
+// Row t of the next page's K and V (next_k, next_v; null for none) is prefetched with row t.
 template <typename T>
 HWY_INLINE void Scores4(const float* HWY_RESTRICT q, const T* HWY_RESTRICT keys, size_t n_keys,
-                        size_t D, float* HWY_RESTRICT scores, size_t t_pad) {
+                        size_t D, float* HWY_RESTRICT scores, size_t t_pad, const T* next_k,
+                        const T* next_v) {
   const DF df;
   const size_t N = hn::Lanes(df);
   const size_t full = D / N * N;
   for (size_t t = 0; t < n_keys; ++t) {
+    if (next_k != nullptr) PrefetchRows(next_k + t * D, next_v + t * D, D * sizeof(T));
     const T* HWY_RESTRICT k = keys + t * D;
     auto a0 = hn::Zero(df), a1 = hn::Zero(df), a2 = hn::Zero(df), a3 = hn::Zero(df);
     for (size_t c = 0; c < full; c += N) {
@@ -180,13 +183,14 @@ HWY_INLINE void Values4(const float* HWY_RESTRICT p, size_t t_pad, const T* HWY_
   }
 }
 
-// One query: scores[t] = q . K[t], two accumulators so the FMAs overlap.
+// One query: scores[t] = q . K[t], two accumulators so the FMAs overlap. Prefetches as Scores4.
 template <typename T>
 HWY_INLINE void Scores1(const float* HWY_RESTRICT q, const T* HWY_RESTRICT keys, size_t n_keys,
-                        size_t D, float* HWY_RESTRICT scores) {
+                        size_t D, float* HWY_RESTRICT scores, const T* next_k, const T* next_v) {
   const DF df;
   const size_t N = hn::Lanes(df);
   for (size_t t = 0; t < n_keys; ++t) {
+    if (next_k != nullptr) PrefetchRows(next_k + t * D, next_v + t * D, D * sizeof(T));
     const T* HWY_RESTRICT k = keys + t * D;
     auto a0 = hn::Zero(df), a1 = hn::Zero(df);
     size_t c = 0;
@@ -236,20 +240,12 @@ HWY_INLINE void Values1(const float* HWY_RESTRICT p, const T* HWY_RESTRICT value
   }
 }
 
-HWY_INLINE void PrefetchPage(const std::byte* page, size_t bytes) {
-  size_t off = 0;
-  for (; off + 256 <= bytes; off += 256) {
-    hwy::Prefetch(page + off);
-    hwy::Prefetch(page + off + 64);
-    hwy::Prefetch(page + off + 128);
-    hwy::Prefetch(page + off + 192);
-  }
-  for (; off < bytes; off += 64) hwy::Prefetch(page + off);
+// One (layer, K or V, block, KV head) page in the storage type.
+template <typename T>
+HWY_INLINE const T* PageOf(const PagedKvView& view, int32_t layer, bool is_value, BlockId block,
+                           int32_t kv_head) {
+  return reinterpret_cast<const T*>(view.Page(layer, is_value, block, kv_head));
 }
-
-// Pages ahead to prefetch. With the vdpbf16ps kernel, 2, 4 or 8 pages ahead, the L2 hint, or
-// only a page's first lines all measured no better from DRAM (about 11 GB/s on one core).
-constexpr int64_t kPrefetchPages = 1;
 
 struct Scratch {
   std::vector<float> q, acc, m, l, scores;
@@ -313,7 +309,6 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
   const int64_t hi = std::min(it.kv_end, last_pos + 1);
 
   const BlockId* table = view.BlockTable(it.seq);
-  const size_t page_bytes = static_cast<size_t>(bs) * D * sizeof(T);
   const auto neg_inf = hn::Set(df, kNegInf);
   // Keys are taken in steps of about 64 (whole pages when pages are smaller), so the softmax
   // update and the rescaling of the accumulators happen once per step, not once per page.
@@ -329,29 +324,34 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
     for (int64_t b = b0; b <= b1; ++b) {
       const int64_t k0 = std::max(t0, b * bs);
       const int64_t k1 = std::min(t1, (b + 1) * bs);
-      // Once per page: fetch K and V of the next page named by the block table. Further ahead
-      // measured no better, and with f32 pages it pushed the current ones out of L1.
-      if (kPrefetchPages > 0 && k0 == std::max(lo, b * bs) && b + kPrefetchPages <= last_page) {
-        PrefetchPage(view.Page(a.layer, false, table[b + kPrefetchPages], it.kv_head), page_bytes);
-        PrefetchPage(view.Page(a.layer, true, table[b + kPrefetchPages], it.kv_head), page_bytes);
-      }
-      const T* keys = reinterpret_cast<const T*>(view.Page(a.layer, false, table[b], it.kv_head)) +
-                      static_cast<size_t>(k0 - b * bs) * D;
+      const size_t row0 = static_cast<size_t>(k0 - b * bs) * D;
+      const T* keys = PageOf<T>(view, a.layer, false, table[b], it.kv_head) + row0;
       const size_t n_page = static_cast<size_t>(k1 - k0);
       const size_t col = static_cast<size_t>(k0 - t0);
+      // The next page named by the block table (the hardware prefetcher does not follow the
+      // jump) is fetched while this one is read, row for row. Further ahead measured no
+      // better, and with f32 pages it pushed the current ones out of L1.
+      const T* next_k = nullptr;
+      const T* next_v = nullptr;
+      if (b < last_page) {
+        next_k = PageOf<T>(view, a.layer, false, table[b + 1], it.kv_head) + row0;
+        next_v = PageOf<T>(view, a.layer, true, table[b + 1], it.kv_head) + row0;
+      }
       if constexpr (kDot) {
-        const DotSegment page{reinterpret_cast<const uint16_t*>(keys), n_page, col};
+        const auto bits = [](const T* p) { return reinterpret_cast<const uint16_t*>(p); };
+        const DotSegment page{bits(keys), n_page, col, bits(next_k), bits(next_v)};
         DotScores(s.packed_q.data(), NQ / 4, page, D, scores_all, t_pad);
-        const T* values =
-            reinterpret_cast<const T*>(view.Page(a.layer, true, table[b], it.kv_head)) +
-            static_cast<size_t>(k0 - b * bs) * D;
+        const T* values = PageOf<T>(view, a.layer, true, table[b], it.kv_head) + row0;
         s.pages.push_back(DotSegment{reinterpret_cast<const uint16_t*>(values), n_page, col});
       } else {
+        // Only the first query group prefetches: the others read the same rows.
         for (size_t j = 0; j < NQ4; j += kQueryGroup) {
-          Scores4(q_all + j * D, keys, n_page, D, scores_all + j * t_pad + col, t_pad);
+          Scores4(q_all + j * D, keys, n_page, D, scores_all + j * t_pad + col, t_pad,
+                  j == 0 ? next_k : nullptr, next_v);
         }
         for (size_t j = NQ4; j < NQ; ++j) {
-          Scores1(q_all + j * D, keys, n_page, D, scores_all + j * t_pad + col);
+          Scores1(q_all + j * D, keys, n_page, D, scores_all + j * t_pad + col,
+                  j == 0 ? next_k : nullptr, next_v);
         }
       }
     }
@@ -423,7 +423,7 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
     for (int64_t b = b0; b <= b1; ++b) {
       const int64_t k0 = std::max(t0, b * bs);
       const int64_t k1 = std::min(t1, (b + 1) * bs);
-      const T* values = reinterpret_cast<const T*>(view.Page(a.layer, true, table[b], it.kv_head)) +
+      const T* values = PageOf<T>(view, a.layer, true, table[b], it.kv_head) +
                         static_cast<size_t>(k0 - b * bs) * D;
       for (size_t j = 0; j < NQ4; j += kQueryGroup) {
         Values4(scores_all + j * t_pad + (k0 - t0), t_pad, values, static_cast<size_t>(k1 - k0), D,
