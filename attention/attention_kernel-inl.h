@@ -297,7 +297,7 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
     }
   }
   if constexpr (kDot) {
-    s.packed_q.resize(NQ * D);
+    s.packed_q.resize(PackedQuerySize(NQ, D));
     PackQueries(q_all, NQ, D, s.packed_q.data());
     s.probabilities.resize(NQ * t_pad);
   }

@@ -1,12 +1,11 @@
 // bf16 K/V with vdpbf16ps (AVX512_BF16), compiled into the AVX3 and AVX3_DL targets and used
 // when the CPU has the instruction (Highway 1.0.3 has no target that emits it).
 //
-// Four queries share one vector: lane 4 * j + i belongs to query j and dot-product pair i.
+// Queries go four at a time (one GQA group of four, or four of a larger one).
 //
-//   QK^T: the packed queries hold, for dims [8 dg, 8 dg + 8), the bf16 pairs (q_j[8dg + 2i],
-//         q_j[8dg + 2i + 1]) in lane 4j + i. Eight dims of a key row, broadcast to all four
-//         128-bit blocks by one load, meet all four queries in one vdpbf16ps. Four keys are then
-//         summed with an in-block transpose, so no per-key horizontal sum is left.
+//   QK^T: 32 dims of a key row, one 512-bit load, meet four rotated copies of the queries' same
+//         dims (block b of copy r belongs to query (b + r) % 4) in four vdpbf16ps. Block sums
+//         and a rotation back, once per four keys, give the 16 scores (DotScoresOfFour).
 //   PV:   rows t and t + 1 of V, interleaved 16 bits at a time, pair up with the probabilities
 //         (p_j[t], p_j[t + 1]) rounded to bf16, as flash attention rounds P before its PV
 //         product. The accumulators come out in the interleaved dim order (DotValuePosition),
@@ -22,6 +21,7 @@
 #define PAGEDKV_ATTENTION_BF16_DOT_INL_H_
 #endif
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -72,23 +72,33 @@ constexpr bool kHaveBf16Dot = true;
 
 #define PAGEDKV_BF16_DOT_ATTR __attribute__((target(HWY_TARGET_STR ",avx512bf16")))
 
-// Packs queries [4g, 4g + 4) (f32, already scaled) for DotScores: group g's vector dg lies at
-// pack + (g * D / 8 + dg) * 32.
+// 32-dim chunks of a head (the last one zero-padded) and the packed query size DotScores reads.
+inline size_t DotChunks(size_t D) { return (D + 31) / 32; }
+inline size_t PackedQuerySize(size_t num_queries, size_t D) {
+  return num_queries / 4 * DotChunks(D) * 4 * 32;
+}
+
+// Packs queries [4g, 4g + 4) (f32, already scaled) for DotScores, rotated: vector (g, c, r) at
+// pack + ((g * chunks + c) * 4 + r) * 32 holds in its 128-bit block b dims [32c + 8b, 32c + 8b + 8)
+// of query 4g + (b + r) % 4, zeros past D.
 inline void PackQueries(const float* HWY_RESTRICT q, size_t num_queries, size_t D,
                         uint16_t* HWY_RESTRICT pack) {
-  const size_t groups_of_dims = D / 8;
+  const size_t chunks = DotChunks(D);
   for (size_t g = 0; g < num_queries / 4; ++g) {
-    for (size_t dg = 0; dg < groups_of_dims; ++dg) {
-      uint16_t* v = pack + (g * groups_of_dims + dg) * 32;
-      for (size_t j = 0; j < 4; ++j) {
-        const float* src = q + (4 * g + j) * D + 8 * dg;
-        for (size_t e = 0; e < 8; ++e) v[8 * j + e] = BF16FromF32(src[e]);
+    for (size_t c = 0; c < chunks; ++c) {
+      for (size_t r = 0; r < 4; ++r) {
+        uint16_t* v = pack + ((g * chunks + c) * 4 + r) * 32;
+        for (size_t m = 0; m < 32; ++m) {
+          const size_t d = 32 * c + m;
+          const float* query = q + (4 * g + (m / 8 + r) % 4) * D;
+          v[m] = d < D ? BF16FromF32(query[d]) : uint16_t{0};
+        }
       }
     }
   }
 }
 
-// Per 128-bit block j: the sums of block j of a0, a1, a2, a3 (four keys of query j).
+// Per 128-bit block j: the sums of block j of a0, a1, a2, a3.
 PAGEDKV_BF16_DOT_ATTR HWY_INLINE __m512 SumBlocksOfFour(__m512 a0, __m512 a1, __m512 a2,
                                                         __m512 a3) {
   const __m512 t01 = _mm512_add_ps(_mm512_unpacklo_ps(a0, a1), _mm512_unpackhi_ps(a0, a1));
@@ -99,63 +109,75 @@ PAGEDKV_BF16_DOT_ATTR HWY_INLINE __m512 SumBlocksOfFour(__m512 a0, __m512 a1, __
   return _mm512_add_ps(_mm512_castpd_ps(lo), _mm512_castpd_ps(hi));
 }
 
-// scores[j * t_pad + k] = q_j . key k for kKeys consecutive rows of one page. kD: the head dim
-// when known at compile time (row offsets become constants: 16 rows at a run-time stride would
-// need more address registers than there are), else 0 and D is used.
+// Scores of four keys (rows of D bf16 at `keys`; kD: D when known at compile time, else 0)
+// against the four queries of one packed group: lane 4j + k = q_j . key k.
 //
-// The same rows of the next page's K and V (next_k, next_v; null for none) are prefetched a few
-// lines per step of the loop. One burst per page measured slower from DRAM (10 against 15 GB/s,
-// one thread): the prefetches queue behind the cache's few outstanding misses and stall the loop.
-template <int kKeys, size_t kD>
-PAGEDKV_BF16_DOT_ATTR HWY_INLINE void DotScoresTile(const uint16_t* HWY_RESTRICT pack,
-                                                    const uint16_t* HWY_RESTRICT keys,
-                                                    size_t run_time_D, float* HWY_RESTRICT scores,
-                                                    size_t t_pad, const uint16_t* next_k,
-                                                    const uint16_t* next_v) {
+// A 512-bit load of 32 dims of a key meets each of the four rotated query vectors in one
+// vdpbf16ps, so the loop has no shuffles: accumulator (k, r) collects in block b the products of
+// query (b + r) % 4. After the loop, the blocks are summed four keys at a time and rotated back
+// by r, which lines query j up in block j of every sum. A 128-bit broadcast of the key per
+// query vector instead ran at a quarter of vdpbf16ps's peak (1.6-2.1 against 7.2 G/s in L1).
+//
+// The same rows of the next page's K and V (next_k, next_v; null for none) are prefetched a
+// quarter-row per chunk. One burst per page measured slower from DRAM (10 against 15 GB/s, one
+// thread): the prefetches queue behind the cache's few outstanding misses and stall the loop.
+//
+// `rows` rows of keys are real (1 to 4): the others repeat the last one and are not prefetched.
+template <size_t kD>
+PAGEDKV_BF16_DOT_ATTR HWY_INLINE __m512 DotScoresOfFour(const uint16_t* HWY_RESTRICT pack,
+                                                        const uint16_t* HWY_RESTRICT keys,
+                                                        size_t rows, size_t run_time_D,
+                                                        const uint16_t* next_k,
+                                                        const uint16_t* next_v) {
   const size_t D = kD != 0 ? kD : run_time_D;
-  if constexpr (kKeys < 16) PrefetchRows(next_k, next_v, kKeys * D * sizeof(uint16_t));
-  __m512 acc[kKeys];
-  for (int k = 0; k < kKeys; ++k) acc[k] = _mm512_setzero_ps();
-  for (size_t dg = 0; dg < D / 8; ++dg) {
-    // 16 rows of 2 D bytes over D / 8 steps: 256 bytes (4 lines) of each per step.
-    if (kKeys == 16 && next_k != nullptr) {
-      PrefetchRows(next_k + dg * 128, next_v + dg * 128, 256);
+  const size_t chunks = DotChunks(D);
+  const uint16_t* row[4];
+  for (size_t k = 0; k < 4; ++k) row[k] = keys + (k < rows ? k : rows - 1) * D;
+  // Bytes of the next page's rows to prefetch per chunk, in whole lines.
+  const size_t rows_bytes = rows * D * sizeof(uint16_t);
+  const size_t prefetch_step = (rows_bytes / chunks + 63) / 64 * 64;
+  __m512 a[4][4];
+  for (int k = 0; k < 4; ++k) {
+    for (int r = 0; r < 4; ++r) a[k][r] = _mm512_setzero_ps();
+  }
+  for (size_t c = 0; c < chunks; ++c) {
+    if (next_k != nullptr && c * prefetch_step < rows_bytes) {
+      const size_t off = c * prefetch_step;
+      PrefetchRows(reinterpret_cast<const char*>(next_k) + off,
+                   reinterpret_cast<const char*>(next_v) + off,
+                   std::min(prefetch_step, rows_bytes - off));
     }
-    const __m512bh q = (__m512bh)_mm512_loadu_si512(pack + dg * 32);
-    for (int k = 0; k < kKeys; ++k) {
-      const __m128i eight = _mm_loadu_si128(
-          reinterpret_cast<const __m128i*>(keys + static_cast<size_t>(k) * D + 8 * dg));
-      acc[k] = _mm512_dpbf16_ps(acc[k], (__m512bh)_mm512_broadcast_i32x4(eight), q);
+    const size_t dims = D - 32 * c < 32 ? D - 32 * c : 32;
+    const __mmask32 valid = dims == 32 ? ~__mmask32{0} : static_cast<__mmask32>((1u << dims) - 1);
+    const uint16_t* qc = pack + c * 4 * 32;
+    const __m512bh q0 = (__m512bh)_mm512_loadu_si512(qc);
+    const __m512bh q1 = (__m512bh)_mm512_loadu_si512(qc + 32);
+    const __m512bh q2 = (__m512bh)_mm512_loadu_si512(qc + 64);
+    const __m512bh q3 = (__m512bh)_mm512_loadu_si512(qc + 96);
+    for (int k = 0; k < 4; ++k) {
+      const __m512bh e =
+          (__m512bh)_mm512_maskz_loadu_epi16(valid, row[k] + 32 * c);
+      a[k][0] = _mm512_dpbf16_ps(a[k][0], e, q0);
+      a[k][1] = _mm512_dpbf16_ps(a[k][1], e, q1);
+      a[k][2] = _mm512_dpbf16_ps(a[k][2], e, q2);
+      a[k][3] = _mm512_dpbf16_ps(a[k][3], e, q3);
     }
   }
-  if constexpr (kKeys == 16) {
-    const __m512 r0 = SumBlocksOfFour(acc[0], acc[1], acc[2], acc[3]);
-    const __m512 r1 = SumBlocksOfFour(acc[4], acc[5], acc[6], acc[7]);
-    const __m512 r2 = SumBlocksOfFour(acc[8], acc[9], acc[10], acc[11]);
-    const __m512 r3 = SumBlocksOfFour(acc[12], acc[13], acc[14], acc[15]);
-    // Transpose the 4x4 blocks: block j of r_k becomes block k of the row of query j.
-    const __m512 t0 = _mm512_shuffle_f32x4(r0, r1, 0x44), t1 = _mm512_shuffle_f32x4(r0, r1, 0xEE);
-    const __m512 t2 = _mm512_shuffle_f32x4(r2, r3, 0x44), t3 = _mm512_shuffle_f32x4(r2, r3, 0xEE);
-    _mm512_storeu_ps(scores, _mm512_shuffle_f32x4(t0, t2, 0x88));
-    _mm512_storeu_ps(scores + t_pad, _mm512_shuffle_f32x4(t0, t2, 0xDD));
-    _mm512_storeu_ps(scores + 2 * t_pad, _mm512_shuffle_f32x4(t1, t3, 0x88));
-    _mm512_storeu_ps(scores + 3 * t_pad, _mm512_shuffle_f32x4(t1, t3, 0xDD));
-  } else if constexpr (kKeys == 4) {
-    const __m512 r = SumBlocksOfFour(acc[0], acc[1], acc[2], acc[3]);
-    _mm_storeu_ps(scores, _mm512_extractf32x4_ps(r, 0));
-    _mm_storeu_ps(scores + t_pad, _mm512_extractf32x4_ps(r, 1));
-    _mm_storeu_ps(scores + 2 * t_pad, _mm512_extractf32x4_ps(r, 2));
-    _mm_storeu_ps(scores + 3 * t_pad, _mm512_extractf32x4_ps(r, 3));
-  } else {
-    static_assert(kKeys == 1);
-    alignas(64) float lanes[16];
-    _mm512_store_ps(lanes, acc[0]);
-    for (size_t j = 0; j < 4; ++j) {
-      scores[j * t_pad] = (lanes[4 * j] + lanes[4 * j + 1]) + (lanes[4 * j + 2] + lanes[4 * j + 3]);
-    }
-  }
+  // sum_r[4b + k]: block b of accumulator (k, r), query (b + r) % 4. Rotating block b to
+  // (b + r) % 4 puts query j in block j.
+  const __m512 s0 = SumBlocksOfFour(a[0][0], a[1][0], a[2][0], a[3][0]);
+  const __m512 s1 = SumBlocksOfFour(a[0][1], a[1][1], a[2][1], a[3][1]);
+  const __m512 s2 = SumBlocksOfFour(a[0][2], a[1][2], a[2][2], a[3][2]);
+  const __m512 s3 = SumBlocksOfFour(a[0][3], a[1][3], a[2][3], a[3][3]);
+  // _mm512_shuffle_f32x4: output block j takes input block imm[2j + 1 : 2j]; here (j - r) % 4.
+  const __m512 r1 = _mm512_shuffle_f32x4(s1, s1, 0x93);
+  const __m512 r2 = _mm512_shuffle_f32x4(s2, s2, 0x4E);
+  const __m512 r3 = _mm512_shuffle_f32x4(s3, s3, 0x39);
+  return _mm512_add_ps(_mm512_add_ps(s0, r1), _mm512_add_ps(r2, r3));
 }
 
+// Scores of one page against one packed query group: scores[j * t_pad + t] = q_j . row t.
+// Rows come four at a time, sixteen where they can (one transpose stores them).
 template <size_t kD>
 PAGEDKV_BF16_DOT_ATTR HWY_INLINE void DotScoresOfGroup(const uint16_t* HWY_RESTRICT pack,
                                                        const DotSegment& page, size_t D,
@@ -168,22 +190,34 @@ PAGEDKV_BF16_DOT_ATTR HWY_INLINE void DotScoresOfGroup(const uint16_t* HWY_RESTR
   const auto at = [D](const uint16_t* p, size_t t) { return p == nullptr ? p : p + t * D; };
   size_t t = 0;
   for (; t + 16 <= page.n; t += 16) {
-    DotScoresTile<16, kD>(pack, rows + t * D, D, scores + t, t_pad, at(next_k, t), at(next_v, t));
+    const auto four = [&](size_t t4) {
+      return DotScoresOfFour<kD>(pack, rows + t4 * D, 4, D, at(next_k, t4), at(next_v, t4));
+    };
+    const __m512 v0 = four(t), v1 = four(t + 4), v2 = four(t + 8), v3 = four(t + 12);
+    // Transpose the 4x4 blocks: block j of v_i becomes block i of the row of query j.
+    const __m512 t0 = _mm512_shuffle_f32x4(v0, v1, 0x44), t1 = _mm512_shuffle_f32x4(v0, v1, 0xEE);
+    const __m512 t2 = _mm512_shuffle_f32x4(v2, v3, 0x44), t3 = _mm512_shuffle_f32x4(v2, v3, 0xEE);
+    _mm512_storeu_ps(scores + t, _mm512_shuffle_f32x4(t0, t2, 0x88));
+    _mm512_storeu_ps(scores + t_pad + t, _mm512_shuffle_f32x4(t0, t2, 0xDD));
+    _mm512_storeu_ps(scores + 2 * t_pad + t, _mm512_shuffle_f32x4(t1, t3, 0x88));
+    _mm512_storeu_ps(scores + 3 * t_pad + t, _mm512_shuffle_f32x4(t1, t3, 0xDD));
   }
-  for (; t + 4 <= page.n; t += 4) {
-    DotScoresTile<4, kD>(pack, rows + t * D, D, scores + t, t_pad, at(next_k, t), at(next_v, t));
-  }
-  for (; t < page.n; ++t) {
-    DotScoresTile<1, kD>(pack, rows + t * D, D, scores + t, t_pad, at(next_k, t), at(next_v, t));
+  for (; t < page.n; t += 4) {
+    const size_t n = page.n - t < 4 ? page.n - t : 4;
+    const __m512 v = DotScoresOfFour<kD>(pack, rows + t * D, n, D, at(next_k, t), at(next_v, t));
+    alignas(64) float lanes[16];
+    _mm512_store_ps(lanes, v);
+    for (size_t j = 0; j < 4; ++j) {
+      for (size_t k = 0; k < n; ++k) scores[j * t_pad + t + k] = lanes[4 * j + k];
+    }
   }
 }
-
 // Scores of every packed query group against the rows of one page.
 PAGEDKV_BF16_DOT_ATTR HWY_NOINLINE void DotScores(const uint16_t* HWY_RESTRICT pack,
                                                   size_t groups, const DotSegment& page, size_t D,
                                                   float* HWY_RESTRICT scores, size_t t_pad) {
   for (size_t g = 0; g < groups; ++g) {
-    const uint16_t* group_pack = pack + g * (D / 8) * 32;
+    const uint16_t* group_pack = pack + g * DotChunks(D) * 4 * 32;
     float* group_scores = scores + 4 * g * t_pad + page.col;
     switch (D) {
       case 64:
@@ -325,6 +359,7 @@ PAGEDKV_BF16_DOT_ATTR HWY_NOINLINE void DotValues(const uint16_t* HWY_RESTRICT p
 #else
 constexpr bool kHaveBf16Dot = false;
 
+inline size_t PackedQuerySize(size_t, size_t) { return 0; }
 inline void PackQueries(const float*, size_t, size_t, uint16_t*) {}
 inline void DotScores(const uint16_t*, size_t, const DotSegment&, size_t, float*, size_t) {}
 inline float DotSoftmaxRow(const float*, size_t, float, uint16_t*) { return 0.0f; }
