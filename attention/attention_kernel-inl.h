@@ -344,10 +344,9 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
       }
       if constexpr (kDot) {
         const auto bits = [](const T* p) { return reinterpret_cast<const uint16_t*>(p); };
-        const DotSegment page{bits(keys), n_page, col, bits(next_k), bits(next_v)};
-        DotScores(s.packed_q.data(), NQ / 4, page, D, scores_all, t_pad);
         const T* values = PageOf<T>(view, a.layer, true, table[b], it.kv_head) + row0;
-        s.pages.push_back(DotSegment{reinterpret_cast<const uint16_t*>(values), n_page, col});
+        s.pages.push_back(
+            DotSegment{bits(keys), bits(values), n_page, col, bits(next_k), bits(next_v)});
       } else {
         // Only the first query group prefetches: the others read the same rows.
         for (size_t j = 0; j < NQ4; j += kQueryGroup) {
@@ -359,6 +358,9 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
                   j == 0 ? next_k : nullptr, next_v);
         }
       }
+    }
+    if constexpr (kDot) {
+      DotScores(s.packed_q.data(), NQ / 4, s.pages.data(), s.pages.size(), D, scores_all, t_pad);
     }
     for (size_t j = 0; j < NQ; ++j) {
       float* row = scores_all + j * t_pad;

@@ -46,9 +46,10 @@ inline size_t DotValuePosition(size_t d) {
   return d - r + (w < 4 ? 0 : 16) + 4 * (r / 8) + w % 4;
 }
 
-// One page of keys as DotScores and DotValues read it.
+// The rows of one page that a step reads, as DotScores and DotValues take them.
 struct DotSegment {
-  const uint16_t* rows;  // bf16 bits, n rows of head_dim.
+  const uint16_t* keys;    // bf16 bits, n rows of head_dim.
+  const uint16_t* values;  // The same rows of V.
   size_t n;
   size_t col;  // Column of the first row in the step's score rows.
   // The same rows of the next page's K and V, prefetched while these are dotted (null: none).
@@ -183,7 +184,7 @@ PAGEDKV_BF16_DOT_ATTR HWY_INLINE void DotScoresOfGroup(const uint16_t* HWY_RESTR
                                                        const DotSegment& page, size_t D,
                                                        float* HWY_RESTRICT scores, size_t t_pad,
                                                        bool first_group) {
-  const uint16_t* rows = page.rows;
+  const uint16_t* rows = page.keys;
   // Prefetch the next page only for the first query group: the others read the same rows.
   const uint16_t* next_k = first_group ? page.next_k : nullptr;
   const uint16_t* next_v = first_group ? page.next_v : nullptr;
@@ -212,26 +213,35 @@ PAGEDKV_BF16_DOT_ATTR HWY_INLINE void DotScoresOfGroup(const uint16_t* HWY_RESTR
     }
   }
 }
-// Scores of every packed query group against the rows of one page.
-PAGEDKV_BF16_DOT_ATTR HWY_NOINLINE void DotScores(const uint16_t* HWY_RESTRICT pack,
-                                                  size_t groups, const DotSegment& page, size_t D,
-                                                  float* HWY_RESTRICT scores, size_t t_pad) {
+// Scores of every packed query group against the rows of a step's pages, in one call so that
+// small pages cost no more than large ones.
+template <size_t kD>
+PAGEDKV_BF16_DOT_ATTR HWY_INLINE void DotScoresOfPages(const uint16_t* HWY_RESTRICT pack,
+                                                       size_t groups, const DotSegment* pages,
+                                                       size_t num_pages, size_t D,
+                                                       float* HWY_RESTRICT scores, size_t t_pad) {
   for (size_t g = 0; g < groups; ++g) {
     const uint16_t* group_pack = pack + g * DotChunks(D) * 4 * 32;
-    float* group_scores = scores + 4 * g * t_pad + page.col;
-    switch (D) {
-      case 64:
-        DotScoresOfGroup<64>(group_pack, page, D, group_scores, t_pad, g == 0);
-        break;
-      case 128:
-        DotScoresOfGroup<128>(group_pack, page, D, group_scores, t_pad, g == 0);
-        break;
-      case 256:
-        DotScoresOfGroup<256>(group_pack, page, D, group_scores, t_pad, g == 0);
-        break;
-      default:
-        DotScoresOfGroup<0>(group_pack, page, D, group_scores, t_pad, g == 0);
+    for (size_t s = 0; s < num_pages; ++s) {
+      DotScoresOfGroup<kD>(group_pack, pages[s], D, scores + 4 * g * t_pad + pages[s].col, t_pad,
+                           g == 0);
     }
+  }
+}
+
+PAGEDKV_BF16_DOT_ATTR HWY_NOINLINE void DotScores(const uint16_t* HWY_RESTRICT pack,
+                                                  size_t groups, const DotSegment* pages,
+                                                  size_t num_pages, size_t D,
+                                                  float* HWY_RESTRICT scores, size_t t_pad) {
+  switch (D) {
+    case 64:
+      return DotScoresOfPages<64>(pack, groups, pages, num_pages, D, scores, t_pad);
+    case 128:
+      return DotScoresOfPages<128>(pack, groups, pages, num_pages, D, scores, t_pad);
+    case 256:
+      return DotScoresOfPages<256>(pack, groups, pages, num_pages, D, scores, t_pad);
+    default:
+      return DotScoresOfPages<0>(pack, groups, pages, num_pages, D, scores, t_pad);
   }
 }
 
@@ -317,7 +327,7 @@ PAGEDKV_BF16_DOT_ATTR HWY_INLINE void DotValuesPass(const uint16_t* HWY_RESTRICT
     }
   }
   for (size_t s = 0; s < num_pages; ++s) {
-    const uint16_t* rows = pages[s].rows + c0;
+    const uint16_t* rows = pages[s].values + c0;
     const uint16_t* probs = p + pages[s].col;
     const size_t n = pages[s].n;
     size_t t = 0;
@@ -361,7 +371,8 @@ constexpr bool kHaveBf16Dot = false;
 
 inline size_t PackedQuerySize(size_t, size_t) { return 0; }
 inline void PackQueries(const float*, size_t, size_t, uint16_t*) {}
-inline void DotScores(const uint16_t*, size_t, const DotSegment&, size_t, float*, size_t) {}
+inline void DotScores(const uint16_t*, size_t, const DotSegment*, size_t, size_t, float*, size_t) {
+}
 inline float DotSoftmaxRow(const float*, size_t, float, uint16_t*) { return 0.0f; }
 inline void DotValues(const uint16_t*, size_t, size_t, const DotSegment*, size_t, size_t, float*,
                       size_t) {}
