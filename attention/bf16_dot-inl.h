@@ -116,11 +116,12 @@ PAGEDKV_BF16_DOT_ATTR HWY_INLINE __m512 SumBlocksOfFour(__m512 a0, __m512 a1, __
 // A 512-bit load of 32 dims of a key meets each of the four rotated query vectors in one
 // vdpbf16ps, so the loop has no shuffles: accumulator (k, r) collects in block b the products of
 // query (b + r) % 4. After the loop, the blocks are summed four keys at a time and rotated back
-// by r, which lines query j up in block j of every sum. A 128-bit broadcast of the key per
-// query vector instead ran at a quarter of vdpbf16ps's peak (1.6-2.1 against 7.2 G/s in L1).
+// by r, which lines query j up in block j of every sum. Broadcasting 8 dims of the key by a
+// 128-bit load per vdpbf16ps instead ran at a quarter of the instruction's peak (1.6-2.1
+// against 7.2 G/s, a standalone loop over keys in L1).
 //
-// The same rows of the next page's K and V (next_k, next_v; null for none) are prefetched a
-// quarter-row per chunk. One burst per page measured slower from DRAM (10 against 15 GB/s, one
+// The same rows of the next page's K and V (next_k, next_v; null for none) are prefetched,
+// spread over the chunks. One burst per page measured slower from DRAM (10 against 15 GB/s, one
 // thread): the prefetches queue behind the cache's few outstanding misses and stall the loop.
 //
 // `rows` rows of keys are real (1 to 4): the others repeat the last one and are not prefetched.
@@ -156,8 +157,7 @@ PAGEDKV_BF16_DOT_ATTR HWY_INLINE __m512 DotScoresOfFour(const uint16_t* HWY_REST
     const __m512bh q2 = (__m512bh)_mm512_loadu_si512(qc + 64);
     const __m512bh q3 = (__m512bh)_mm512_loadu_si512(qc + 96);
     for (int k = 0; k < 4; ++k) {
-      const __m512bh e =
-          (__m512bh)_mm512_maskz_loadu_epi16(valid, row[k] + 32 * c);
+      const __m512bh e = (__m512bh)_mm512_maskz_loadu_epi16(valid, row[k] + 32 * c);
       a[k][0] = _mm512_dpbf16_ps(a[k][0], e, q0);
       a[k][1] = _mm512_dpbf16_ps(a[k][1], e, q1);
       a[k][2] = _mm512_dpbf16_ps(a[k][2], e, q2);
