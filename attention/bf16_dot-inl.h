@@ -191,10 +191,13 @@ PAGEDKV_BF16_DOT_ATTR HWY_INLINE void DotScoresOfGroup(const uint16_t* HWY_RESTR
   const auto at = [D](const uint16_t* p, size_t t) { return p == nullptr ? p : p + t * D; };
   size_t t = 0;
   for (; t + 16 <= page.n; t += 16) {
-    const auto four = [&](size_t t4) {
-      return DotScoresOfFour<kD>(pack, rows + t4 * D, 4, D, at(next_k, t4), at(next_v, t4));
-    };
-    const __m512 v0 = four(t), v1 = four(t + 4), v2 = four(t + 8), v3 = four(t + 12);
+    // No lambda here: clang does not give lambdas the enclosing function's target features.
+    __m512 v[4];
+    for (size_t i = 0; i < 4; ++i) {
+      const size_t t4 = t + 4 * i;
+      v[i] = DotScoresOfFour<kD>(pack, rows + t4 * D, 4, D, at(next_k, t4), at(next_v, t4));
+    }
+    const __m512 v0 = v[0], v1 = v[1], v2 = v[2], v3 = v[3];
     // Transpose the 4x4 blocks: block j of v_i becomes block i of the row of query j.
     const __m512 t0 = _mm512_shuffle_f32x4(v0, v1, 0x44), t1 = _mm512_shuffle_f32x4(v0, v1, 0xEE);
     const __m512 t2 = _mm512_shuffle_f32x4(v2, v3, 0x44), t3 = _mm512_shuffle_f32x4(v2, v3, 0xEE);
