@@ -52,19 +52,19 @@ struct DotSegment {
   const uint16_t* values;  // The same rows of V.
   size_t n;
   size_t col;  // Column of the first row in the step's score rows.
-  // The same rows of the next page's K and V, prefetched while these are dotted (null: none).
+  // Rows fetched into L1 while these keys are dotted, row for row (null: none): the same rows of
+  // the next page's K, and V rows the step's value product reads first (see AttendItemT).
   const uint16_t* next_k = nullptr;
   const uint16_t* next_v = nullptr;
 };
 
-// Prefetches `bytes` from each of k and v (when k is not null) into L1.
+// Prefetches `bytes` from each of k and v that is not null into L1.
 HWY_INLINE void PrefetchRows(const void* k, const void* v, size_t bytes) {
-  if (k == nullptr) return;
   const char* kb = static_cast<const char*>(k);
   const char* vb = static_cast<const char*>(v);
   for (size_t off = 0; off < bytes; off += 64) {
-    hwy::Prefetch(kb + off);
-    hwy::Prefetch(vb + off);
+    if (kb != nullptr) hwy::Prefetch(kb + off);
+    if (vb != nullptr) hwy::Prefetch(vb + off);
   }
 }
 
@@ -120,8 +120,8 @@ PAGEDKV_BF16_DOT_ATTR HWY_INLINE __m512 SumBlocksOfFour(__m512 a0, __m512 a1, __
 // 128-bit load per vdpbf16ps instead ran at a quarter of the instruction's peak (1.6-2.1
 // against 7.2 G/s, a standalone loop over keys in L1).
 //
-// The same rows of the next page's K and V (next_k, next_v; null for none) are prefetched,
-// spread over the chunks. One burst per page measured slower from DRAM (10 against 15 GB/s, one
+// The rows at next_k and next_v (DotSegment; null for none) are prefetched, spread over the
+// chunks. One burst per page measured slower from DRAM (10 against 15 GB/s, one
 // thread): the prefetches queue behind the cache's few outstanding misses and stall the loop.
 //
 // `rows` rows of keys are real (1 to 4): the others repeat the last one and are not prefetched.
@@ -143,7 +143,7 @@ PAGEDKV_BF16_DOT_ATTR HWY_INLINE __m512 DotScoresOfFour(const uint16_t* HWY_REST
     for (int r = 0; r < 4; ++r) a[k][r] = _mm512_setzero_ps();
   }
   for (size_t c = 0; c < chunks; ++c) {
-    if (next_k != nullptr && c * prefetch_step < rows_bytes) {
+    if ((next_k != nullptr || next_v != nullptr) && c * prefetch_step < rows_bytes) {
       const size_t off = c * prefetch_step;
       PrefetchRows(reinterpret_cast<const char*>(next_k) + off,
                    reinterpret_cast<const char*>(next_v) + off,
@@ -312,11 +312,12 @@ PAGEDKV_BF16_DOT_ATTR HWY_INLINE void DotValuesTwoRows(const uint16_t* HWY_RESTR
 }
 
 // acc[j] += sum_t p[j][t] V[t] over dims [c0, c0 + 32 * kChunks) for the four queries of a group,
-// two keys per vdpbf16ps.
+// two keys per vdpbf16ps. With `prefetch`, each page's successor in the step is fetched into L1
+// row for row (the keys' pass fetched the first page).
 template <int kChunks>
 PAGEDKV_BF16_DOT_ATTR HWY_INLINE void DotValuesPass(const uint16_t* HWY_RESTRICT p, size_t t_pad,
                                                     const DotSegment* pages, size_t num_pages,
-                                                    size_t D, size_t c0,
+                                                    size_t D, size_t c0, bool prefetch,
                                                     float* HWY_RESTRICT acc, size_t acc_stride) {
   __m512 a[4][2 * kChunks];
   __mmask32 valid[kChunks];
@@ -329,12 +330,17 @@ PAGEDKV_BF16_DOT_ATTR HWY_INLINE void DotValuesPass(const uint16_t* HWY_RESTRICT
       a[j][2 * c + 1] = _mm512_loadu_ps(acc + j * acc_stride + first + 16);
     }
   }
+  const size_t row_bytes = D * sizeof(uint16_t);
   for (size_t s = 0; s < num_pages; ++s) {
     const uint16_t* rows = pages[s].values + c0;
     const uint16_t* probs = p + pages[s].col;
     const size_t n = pages[s].n;
+    const DotSegment* next = prefetch && s + 1 < num_pages ? &pages[s + 1] : nullptr;
     size_t t = 0;
     for (; t + 2 <= n; t += 2) {
+      if (next != nullptr && t < next->n) {
+        PrefetchRows(next->values + t * D, nullptr, (t + 1 < next->n ? 2 : 1) * row_bytes);
+      }
       DotValuesTwoRows<kChunks, true>(rows + t * D, probs + t, t_pad, D, valid, a);
     }
     if (t < n) DotValuesTwoRows<kChunks, false>(rows + t * D, probs + t, t_pad, D, valid, a);
@@ -349,7 +355,9 @@ PAGEDKV_BF16_DOT_ATTR HWY_INLINE void DotValuesPass(const uint16_t* HWY_RESTRICT
 }
 
 // Value accumulation of every query group over the pages of one step. Accumulators are
-// acc_stride (head_dim rounded up to 32) floats per query, in DotValuePosition order.
+// acc_stride (head_dim rounded up to 32) floats per query, in DotValuePosition order. The first
+// pass (first group, first 64 dims) prefetches; the others find the rows in cache. Working the
+// step in L1-sized windows instead, every pass of a window before the next, measured no faster.
 PAGEDKV_BF16_DOT_ATTR HWY_NOINLINE void DotValues(const uint16_t* HWY_RESTRICT p, size_t t_pad,
                                                   size_t groups, const DotSegment* pages,
                                                   size_t num_pages, size_t D,
@@ -359,10 +367,12 @@ PAGEDKV_BF16_DOT_ATTR HWY_NOINLINE void DotValues(const uint16_t* HWY_RESTRICT p
     float* group_acc = acc + 4 * g * acc_stride;
     size_t c0 = 0;
     for (; c0 + 64 <= acc_stride; c0 += 64) {
-      DotValuesPass<2>(group_p, t_pad, pages, num_pages, D, c0, group_acc, acc_stride);
+      DotValuesPass<2>(group_p, t_pad, pages, num_pages, D, c0, g == 0 && c0 == 0, group_acc,
+                       acc_stride);
     }
     if (c0 < acc_stride) {
-      DotValuesPass<1>(group_p, t_pad, pages, num_pages, D, c0, group_acc, acc_stride);
+      DotValuesPass<1>(group_p, t_pad, pages, num_pages, D, c0, g == 0 && c0 == 0, group_acc,
+                       acc_stride);
     }
   }
 }
