@@ -277,7 +277,7 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
                                ? step_target / static_cast<size_t>(bs) * static_cast<size_t>(bs)
                                : step_target;
   const size_t t_pad = (step_keys + N - 1) / N * N;
-  // The dot path keeps its accumulators in whole 32-dim chunks, in DotValuePosition order.
+  // The dot path keeps its accumulators in whole 32-dim chunks, in StoreDotValues' order.
   const size_t acc_stride = kDot ? (D + 31) / 32 * 32 : D;
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
@@ -454,17 +454,23 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
     for (int64_t g = 0; g < G; ++g) {
       const size_t j = static_cast<size_t>(r * G + g);
       const float* acc = s.acc.data() + j * acc_stride;
-      const auto acc_at = [&](size_t d) { return acc[kDot ? DotValuePosition(d) : d]; };
+      // The output, or a partition's partial (m, l, unnormalized sums) for the reduction.
+      float* dst;
+      float scale = 1.0f;
       if (it.partial < 0) {
-        float* dst = a.out + ((q_base + it.row_begin + r) * a.num_q_heads + it.kv_head * G + g) *
-                                 static_cast<int64_t>(D);
-        const float inv = s.l[j] > 0 ? 1.0f / s.l[j] : 0.0f;
-        for (size_t d = 0; d < D; ++d) dst[d] = acc_at(d) * inv;
+        dst = a.out + ((q_base + it.row_begin + r) * a.num_q_heads + it.kv_head * G + g) *
+                          static_cast<int64_t>(D);
+        scale = s.l[j] > 0 ? 1.0f / s.l[j] : 0.0f;
       } else {
-        float* dst = a.partials + it.partial * a.partial_stride + static_cast<int64_t>(j * (D + 2));
+        dst = a.partials + it.partial * a.partial_stride + static_cast<int64_t>(j * (D + 2));
         dst[0] = s.m[j];
         dst[1] = s.l[j];
-        for (size_t d = 0; d < D; ++d) dst[2 + d] = acc_at(d);
+        dst += 2;
+      }
+      if constexpr (kDot) {
+        StoreDotValues(acc, D, scale, dst);
+      } else {
+        for (size_t d = 0; d < D; ++d) dst[d] = acc[d] * scale;
       }
     }
   }

@@ -8,8 +8,8 @@
 //         and a rotation back, once per four keys, give the 16 scores (DotScoresOfFour).
 //   PV:   rows t and t + 1 of V, interleaved 16 bits at a time, pair up with the probabilities
 //         (p_j[t], p_j[t + 1]) rounded to bf16, as flash attention rounds P before its PV
-//         product. The accumulators come out in the interleaved dim order (DotValuePosition),
-//         undone when the output is written.
+//         product. The accumulators come out in the interleaved dim order, undone when the
+//         output is written (StoreDotValues).
 //
 // Queries are rounded to bf16 too; accumulation is f32. Error against the f64 reference is at
 // most about 2e-3 of the output scale in the tests (bf16 storage itself has 4e-3 steps).
@@ -38,12 +38,19 @@
 HWY_BEFORE_NAMESPACE();
 namespace pagedkv::internal::HWY_NAMESPACE {
 
-// Where dim d of a query's value accumulator sits in the interleaved order of DotValues: per
-// 32 dims, lane 4b + i of the "low" vector holds dim 8b + i, the "high" vector dim 8b + 4 + i.
-inline size_t DotValuePosition(size_t d) {
-  const size_t r = d % 32;
-  const size_t w = r % 8;
-  return d - r + (w < 4 ? 0 : 16) + 4 * (r / 8) + w % 4;
+// Writes dst[d] = acc[...] * scale for d < D (a multiple of 8), undoing the interleaved dim
+// order of DotValues: per 32 dims, lane 4b + i of the "low" vector (acc[0, 16)) holds dim
+// 8b + i, the "high" vector (acc[16, 32)) dim 8b + 4 + i.
+inline void StoreDotValues(const float* HWY_RESTRICT acc, size_t D, float scale,
+                           float* HWY_RESTRICT dst) {
+  for (size_t c0 = 0; c0 < D; c0 += 32) {
+    for (size_t b = 0; b < 4 && c0 + 8 * b < D; ++b) {
+      for (size_t i = 0; i < 4; ++i) {
+        dst[c0 + 8 * b + i] = acc[c0 + 4 * b + i] * scale;
+        dst[c0 + 8 * b + 4 + i] = acc[c0 + 16 + 4 * b + i] * scale;
+      }
+    }
+  }
 }
 
 // The rows of one page that a step reads, as DotScores and DotValues take them.
@@ -81,19 +88,26 @@ inline size_t PackedQuerySize(size_t num_queries, size_t D) {
 
 // Packs queries [4g, 4g + 4) (f32, already scaled) for DotScores, rotated: vector (g, c, r) at
 // pack + ((g * chunks + c) * 4 + r) * 32 holds in its 128-bit block b dims [32c + 8b, 32c + 8b + 8)
-// of query 4g + (b + r) % 4, zeros past D.
-inline void PackQueries(const float* HWY_RESTRICT q, size_t num_queries, size_t D,
-                        uint16_t* HWY_RESTRICT pack) {
+// of query 4g + (b + r) % 4, zeros past D. Each 8 dims of a query land in one block: query
+// 4g + j, block b of chunk c goes to rotation (j - b) % 4. Rounded to nearest even, as
+// BF16FromF32.
+PAGEDKV_BF16_DOT_ATTR inline void PackQueries(const float* HWY_RESTRICT q, size_t num_queries,
+                                              size_t D, uint16_t* HWY_RESTRICT pack) {
   const size_t chunks = DotChunks(D);
-  for (size_t g = 0; g < num_queries / 4; ++g) {
-    for (size_t c = 0; c < chunks; ++c) {
-      for (size_t r = 0; r < 4; ++r) {
-        uint16_t* v = pack + ((g * chunks + c) * 4 + r) * 32;
-        for (size_t m = 0; m < 32; ++m) {
-          const size_t d = 32 * c + m;
-          const float* query = q + (4 * g + (m / 8 + r) % 4) * D;
-          v[m] = d < D ? BF16FromF32(query[d]) : uint16_t{0};
-        }
+  for (size_t query = 0; query < num_queries / 4 * 4; ++query) {
+    const size_t g = query / 4, j = query % 4;
+    const float* row = q + query * D;
+    for (size_t d = 0; d < chunks * 32; d += 16) {
+      const __mmask16 live =
+          d >= D ? 0 : (D - d >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (D - d)) - 1));
+      const __m256i bits = (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(live, row + d));
+      for (size_t half = 0; half < 2; ++half) {
+        const size_t c = (d + 8 * half) / 32, b = (d + 8 * half) / 8 % 4;
+        const size_t r = (j + 4 - b) % 4;
+        uint16_t* dst = pack + ((g * chunks + c) * 4 + r) * 32 + 8 * b;
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), half == 0
+                                                              ? _mm256_castsi256_si128(bits)
+                                                              : _mm256_extracti128_si256(bits, 1));
       }
     }
   }
@@ -355,7 +369,7 @@ PAGEDKV_BF16_DOT_ATTR HWY_INLINE void DotValuesPass(const uint16_t* HWY_RESTRICT
 }
 
 // Value accumulation of every query group over the pages of one step. Accumulators are
-// acc_stride (head_dim rounded up to 32) floats per query, in DotValuePosition order. The first
+// acc_stride (head_dim rounded up to 32) floats per query, in StoreDotValues' order. The first
 // pass (first group, first 64 dims) prefetches; the others find the rows in cache. Working the
 // step in L1-sized windows instead, every pass of a window before the next, measured no faster.
 PAGEDKV_BF16_DOT_ATTR HWY_NOINLINE void DotValues(const uint16_t* HWY_RESTRICT p, size_t t_pad,
