@@ -336,12 +336,9 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
       // The next page named by the block table (the hardware prefetcher does not follow the
       // jump) is fetched while this one is read, row for row. Further ahead measured no
       // better, and with f32 pages it pushed the current ones out of L1.
-      const T* next_k = nullptr;
-      const T* next_v = nullptr;
-      if (b < last_page) {
-        next_k = PageOf<T>(view, a.layer, false, table[b + 1], it.kv_head) + row0;
-        next_v = PageOf<T>(view, a.layer, true, table[b + 1], it.kv_head) + row0;
-      }
+      const T* next_k = b < last_page
+                            ? PageOf<T>(view, a.layer, false, table[b + 1], it.kv_head) + row0
+                            : nullptr;
       if constexpr (kDot) {
         // V is fetched for the value pass, not with the keys: the value pass fetches each
         // page's successor, and the keys of the step's last page fetch the step's first page
@@ -357,6 +354,9 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
         s.pages.push_back(
             DotSegment{bits(keys), bits(values), n_page, col, bits(next_k), bits(first_v)});
       } else {
+        const T* next_v = b < last_page
+                              ? PageOf<T>(view, a.layer, true, table[b + 1], it.kv_head) + row0
+                              : nullptr;
         // Only the first query group prefetches: the others read the same rows.
         for (size_t j = 0; j < NQ4; j += kQueryGroup) {
           Scores4(q_all + j * D, keys, n_page, D, scores_all + j * t_pad + col, t_pad,

@@ -98,8 +98,8 @@ PAGEDKV_BF16_DOT_ATTR inline void PackQueries(const float* HWY_RESTRICT q, size_
     const size_t g = query / 4, j = query % 4;
     const float* row = q + query * D;
     for (size_t d = 0; d < chunks * 32; d += 16) {
-      const __mmask16 live =
-          d >= D ? 0 : (D - d >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (D - d)) - 1));
+      const size_t dims = d >= D ? 0 : std::min<size_t>(D - d, 16);
+      const __mmask16 live = static_cast<__mmask16>((1u << dims) - 1);
       const __m256i bits = (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(live, row + d));
       for (size_t half = 0; half < 2; ++half) {
         const size_t c = (d + 8 * half) / 32, b = (d + 8 * half) / 8 % 4;
