@@ -120,6 +120,18 @@ void DecodeArgs(benchmark::internal::Benchmark* b) {
 BENCHMARK(BM_DecodePaged)->Apply(DecodeArgs);
 BENCHMARK(BM_DecodeContiguous)->Apply(DecodeArgs);
 
+// Times ExtendAttention of `fresh` new tokens of the fixture's one sequence (its last `fresh`).
+void RunExtend(benchmark::State& state, const Fixture& f, int64_t fresh,
+               const AttentionOptions& options) {
+  const std::vector<int32_t> offsets = {0, static_cast<int32_t>(fresh)};
+  std::vector<float> q(static_cast<size_t>(fresh * kQHeads * kHeadDim), 0.01f);
+  std::vector<float> out(q.size());
+  for (auto _ : state) {
+    OrDie(ExtendAttention(f.view, 0, kQHeads, offsets, q, absl::MakeSpan(out), options), "extend");
+    benchmark::DoNotOptimize(out.data());
+  }
+}
+
 // bf16 pages with and without AttentionOptions::bf16_products (vdpbf16ps against widening to
 // f32), in L3, one thread: decode (1 x 2,048) and extend (512 new on 1,536).
 void BM_Bf16Products(benchmark::State& state) {
@@ -128,13 +140,7 @@ void BM_Bf16Products(benchmark::State& state) {
   Fixture f(1, 2048, DType::kBF16, true);
   AttentionOptions options;
   options.bf16_products = state.range(1) != 0;
-  const std::vector<int32_t> offsets = {0, static_cast<int32_t>(fresh)};
-  std::vector<float> q(static_cast<size_t>(fresh * kQHeads * kHeadDim), 0.01f);
-  std::vector<float> out(q.size());
-  for (auto _ : state) {
-    OrDie(ExtendAttention(f.view, 0, kQHeads, offsets, q, absl::MakeSpan(out), options), "run");
-    benchmark::DoNotOptimize(out.data());
-  }
+  RunExtend(state, f, fresh, options);
   if (!extend) state.SetBytesProcessed(state.iterations() * f.KvBytes());
 }
 BENCHMARK(BM_Bf16Products)
@@ -239,13 +245,7 @@ void BM_ExtendPaged(benchmark::State& state) {
   Fixture f(1, cached + fresh, DTypeArg(state.range(2)), true);
   AttentionOptions options;
   options.num_threads = static_cast<int32_t>(state.range(3));
-  const std::vector<int32_t> offsets = {0, static_cast<int32_t>(fresh)};
-  std::vector<float> q(static_cast<size_t>(fresh * kQHeads * kHeadDim), 0.01f);
-  std::vector<float> out(q.size());
-  for (auto _ : state) {
-    OrDie(ExtendAttention(f.view, 0, kQHeads, offsets, q, absl::MakeSpan(out), options), "extend");
-    benchmark::DoNotOptimize(out.data());
-  }
+  RunExtend(state, f, fresh, options);
   double keys = 0;
   for (int64_t i = 0; i < fresh; ++i) keys += static_cast<double>(cached + i + 1);
   const double flops = 4.0 * kQHeads * kHeadDim * keys;  // 2 per multiply-add, QK and PV.
