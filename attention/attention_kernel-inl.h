@@ -319,6 +319,8 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
   // accumulators happen once per step, not once per page.
   const int64_t step = static_cast<int64_t>(step_keys);
   const int64_t last_page = hi > lo ? (hi - 1) / bs : -1;
+  // Pages per step: TouchAhead's distance.
+  const int64_t ahead = std::max<int64_t>(1, step / bs);
   for (int64_t t0 = lo, t1 = lo; t0 < hi; t0 = t1) {
     t1 = std::min(hi, (t0 / step + 1) * step);
     const int64_t b0 = t0 / bs;
@@ -339,6 +341,12 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
       const T* next_k = b < last_page
                             ? PageOf<T>(view, a.layer, false, table[b + 1], it.kv_head) + row0
                             : nullptr;
+      // The same page of the next step, whose first line TouchAhead fetches.
+      const bool far = b + ahead <= last_page;
+      const T* far_k =
+          far ? PageOf<T>(view, a.layer, false, table[b + ahead], it.kv_head) : nullptr;
+      const T* far_v =
+          far ? PageOf<T>(view, a.layer, true, table[b + ahead], it.kv_head) : nullptr;
       if constexpr (kDot) {
         // V is fetched for the value pass, not with the keys: the value pass fetches each
         // page's successor, and the keys of the step's last page fetch the step's first page
@@ -351,12 +359,13 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
         const T* first_v = b == b1 && b1 > b0
                                ? PageOf<T>(view, a.layer, true, table[b0], it.kv_head)
                                : nullptr;
-        s.pages.push_back(
-            DotSegment{bits(keys), bits(values), n_page, col, bits(next_k), bits(first_v)});
+        s.pages.push_back(DotSegment{bits(keys), bits(values), n_page, col, bits(next_k),
+                                     bits(first_v), bits(far_k), bits(far_v)});
       } else {
         const T* next_v = b < last_page
                               ? PageOf<T>(view, a.layer, true, table[b + 1], it.kv_head) + row0
                               : nullptr;
+        TouchAhead(far_k, far_v);
         // Only the first query group prefetches: the others read the same rows.
         for (size_t j = 0; j < NQ4; j += kQueryGroup) {
           Scores4(q_all + j * D, keys, n_page, D, scores_all + j * t_pad + col, t_pad,
