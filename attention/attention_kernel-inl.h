@@ -5,8 +5,9 @@
 // page is read once per KV head, not once per query head), scores get the soft-cap and the
 // causal/window mask, an online softmax rescales the running sums, and V rows are accumulated
 // with the probabilities. Two ways to do the products:
-//   - bf16 pages on a CPU with AVX512_BF16, whole groups of four queries: vdpbf16ps on bf16
-//     pairs (bf16_dot-inl.h), queries and probabilities rounded to bf16, f32 sums;
+//   - bf16 pages on a CPU with AVX512_BF16, two or more queries per item, in groups of four
+//     padded with zero queries: vdpbf16ps on bf16 pairs (bf16_dot-inl.h), queries and
+//     probabilities rounded to bf16, f32 sums;
 //   - otherwise K and V rows are widened to f32 in registers, once per group of four queries.
 // The next block named by the block table is prefetched while this one is worked on: the
 // hardware prefetcher does not follow a jump to a scattered page.
@@ -253,7 +254,7 @@ struct Scratch {
   std::vector<DotSegment> pages;
 };
 
-// kDot: bf16 pages through vdpbf16ps (bf16_dot-inl.h), for whole groups of four queries;
+// kDot: bf16 pages through vdpbf16ps (bf16_dot-inl.h), in groups of four queries (padded);
 // otherwise K and V are widened to f32 in registers.
 template <typename T, bool kDot>
 void AttendItemT(const KernelArgs& a, const WorkItem& it) {
@@ -267,12 +268,17 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
   const int64_t first_pos = view.seq_lens[it.seq] - (a.q_offsets[it.seq + 1] - q_base);
   const int64_t rows = it.row_end - it.row_begin;
   const size_t NQ = static_cast<size_t>(rows * G);
+  // Query slots: the dot path works whole groups of four, so it pads with zero queries whose
+  // probabilities stay zero (their scores are computed and ignored). A group of four costs the
+  // same instructions as a group of two, so GQA 2 (or a tile's remainder) is not slower per KV
+  // byte than GQA 4.
+  const size_t NS = kDot ? (NQ + kQueryGroup - 1) / kQueryGroup * kQueryGroup : NQ;
   // Whole groups of four queries, then the rest one at a time.
   const size_t NQ4 = NQ / kQueryGroup * kQueryGroup;
   // Keys per step (see below): up to 256, as long as the step's scores stay within 16 KiB
   // (decode's four queries: 256 keys, 9% faster than 64 in L3; extend's 64: 64 keys), then
   // whole pages when pages are smaller. Rows of scores are padded to whole vectors.
-  const size_t step_target = std::clamp<size_t>(4096 / NQ / 64 * 64, 64, 256);
+  const size_t step_target = std::clamp<size_t>(4096 / NS / 64 * 64, 64, 256);
   const size_t step_keys = static_cast<size_t>(bs) <= step_target
                                ? step_target / static_cast<size_t>(bs) * static_cast<size_t>(bs)
                                : step_target;
@@ -283,11 +289,11 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
 
   thread_local Scratch scratch;
   Scratch& s = scratch;
-  s.q.assign(NQ * D, 0.0f);
-  s.acc.assign(NQ * acc_stride, 0.0f);
-  s.m.assign(NQ, kNegInf);
-  s.l.assign(NQ, 0.0f);
-  s.scores.resize(NQ * t_pad);
+  s.q.assign(NS * D, 0.0f);
+  s.acc.assign(NS * acc_stride, 0.0f);
+  s.m.assign(NS, kNegInf);
+  s.l.assign(NS, 0.0f);
+  s.scores.resize(NS * t_pad);
   float* HWY_RESTRICT acc_all = s.acc.data();
   float* HWY_RESTRICT scores_all = s.scores.data();
   const float* HWY_RESTRICT q_all = s.q.data();
@@ -302,9 +308,10 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
     }
   }
   if constexpr (kDot) {
-    s.packed_q.resize(PackedQuerySize(NQ, D));
-    PackQueries(q_all, NQ, D, s.packed_q.data());
-    s.probabilities.resize(NQ * t_pad);
+    s.packed_q.resize(PackedQuerySize(NS, D));
+    PackQueries(q_all, NS, D, s.packed_q.data());
+    // Zeros: the padding slots' rows are never written.
+    s.probabilities.assign(NS * t_pad, 0);
   }
 
   // Keys any row of the item may see.
@@ -378,7 +385,7 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
       }
     }
     if constexpr (kDot) {
-      DotScores(s.packed_q.data(), NQ / 4, s.pages.data(), s.pages.size(), D, scores_all, t_pad);
+      DotScores(s.packed_q.data(), NS / 4, s.pages.data(), s.pages.size(), D, scores_all, t_pad);
     }
     for (size_t j = 0; j < NQ; ++j) {
       float* row = scores_all + j * t_pad;
@@ -441,7 +448,7 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
       }
     }
     if constexpr (kDot) {
-      DotValues(s.probabilities.data(), t_pad, NQ / 4, s.pages.data(), s.pages.size(), D,
+      DotValues(s.probabilities.data(), t_pad, NS / 4, s.pages.data(), s.pages.size(), D,
                 acc_all, acc_stride);
       continue;
     }
@@ -493,7 +500,8 @@ void AttendItem(const KernelArgs& args, const WorkItem& item) {
       return AttendItemT<float, false>(args, item);
     case DType::kBF16:
       if constexpr (kHaveBf16Dot) {
-        if (args.bf16_products && args.group * (item.row_end - item.row_begin) % 4 == 0 &&
+        // One query alone (decode without GQA) widens: as fast, and its products are f32.
+        if (args.bf16_products && args.group * (item.row_end - item.row_begin) >= 2 &&
             args.view.head_dim % 8 == 0) {
           return AttendItemT<hwy::bfloat16_t, true>(args, item);
         }

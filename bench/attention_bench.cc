@@ -165,6 +165,24 @@ void BM_DecodePagedNoGqa(benchmark::State& state) {
 }
 BENCHMARK(BM_DecodePagedNoGqa)->ArgNames({"context", "threads"})->Args({2048, 1})->UseRealTime();
 
+// Query heads per KV head: 8 KV heads, bf16, 1 x 2,048 (8 MiB, L3), one thread, with 1, 2, 4 or
+// 8 query heads per KV head. The K/V bytes are the same for every group, so bytes/s compares the
+// work per KV byte of the groups.
+void BM_DecodeGqa(benchmark::State& state) {
+  const int32_t q_heads = kKvHeads * static_cast<int32_t>(state.range(0));
+  Fixture f(1, 2048, DType::kBF16, true);
+  AttentionOptions options;
+  options.num_threads = 1;
+  std::vector<float> q(static_cast<size_t>(q_heads * kHeadDim), 0.01f);
+  std::vector<float> out(q.size());
+  for (auto _ : state) {
+    OrDie(DecodeAttention(f.view, 0, q_heads, q, absl::MakeSpan(out), options), "decode");
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.SetBytesProcessed(state.iterations() * f.KvBytes());
+}
+BENCHMARK(BM_DecodeGqa)->ArgNames({"group"})->DenseRange(1, 2)->Arg(4)->Arg(8)->UseRealTime();
+
 // One KV head and its four query heads, bf16, one thread: at context 512 (256 KiB) K/V sit in
 // L2, so this is the kernel's arithmetic ceiling with the L3 out of the way; at 16,384 (8 MiB)
 // the same work streams from L3. Paged (16-token pages, shuffled) against contiguous.

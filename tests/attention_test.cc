@@ -204,20 +204,24 @@ TEST(AttentionTest, ForkedSequencesShareBlocks) {
 // bf16_products picks the path for bf16 pages: off, only f32 arithmetic separates the kernel
 // from the reference (K/V are read back exactly), so it meets the f32 tolerance; on, with a CPU
 // that has vdpbf16ps, the bf16 rounding of queries and probabilities shows.
+// GQA 2 (and 1 with q_len 9) takes the vdpbf16ps path with groups padded to four queries.
 TEST(AttentionTest, Bf16ProductsOptionChoosesThePath) {
-  Case c;
-  c.head_dim = 128;
-  c.group = 4;
-  c.dtype = DType::kBF16;
-  c.lengths = {300, 77};
-  c.q_lens = {1, 9};
-  bf16_products = false;
-  EXPECT_LE(RunCase(c, 21), Tolerance(DType::kF32));
-  bf16_products = true;
-  const double err = RunCase(c, 21);
-  EXPECT_LE(err, Tolerance(DType::kBF16));
-  if (internal::CpuHasBf16Dot()) {
-    EXPECT_GT(err, Tolerance(DType::kF32)) << "the vdpbf16ps path did not run";
+  for (int32_t group : {1, 2, 4}) {
+    SCOPED_TRACE(absl::StrCat("group ", group));
+    Case c;
+    c.head_dim = 128;
+    c.group = group;
+    c.dtype = DType::kBF16;
+    c.lengths = {300, 77};
+    c.q_lens = {1, 9};
+    bf16_products = false;
+    EXPECT_LE(RunCase(c, 21), Tolerance(DType::kF32));
+    bf16_products = true;
+    const double err = RunCase(c, 21);
+    EXPECT_LE(err, Tolerance(DType::kBF16));
+    if (internal::CpuHasBf16Dot()) {
+      EXPECT_GT(err, Tolerance(DType::kF32)) << "the vdpbf16ps path did not run";
+    }
   }
 }
 
