@@ -246,7 +246,9 @@ PAGEDKV_BF16_DOT_ATTR HWY_INLINE void DotScoresOfGroup(const uint16_t* HWY_RESTR
   }
 }
 // Scores of every packed query group against the rows of a step's pages, in one call so that
-// small pages cost no more than large ones.
+// small pages cost no more than large ones. Group by group: every group reading a page before
+// the next page (so a 64 KiB step's keys come from L1 for the second group of GQA 8) took GQA 8
+// decode 0.975x the time but GQA 4 1.03x.
 template <size_t kD>
 PAGEDKV_BF16_DOT_ATTR HWY_INLINE void DotScoresOfPages(const uint16_t* HWY_RESTRICT pack,
                                                        size_t groups, const DotSegment* pages,
