@@ -88,19 +88,24 @@ struct Fixture {
   }
 };
 
-void Decode(benchmark::State& state, bool paged) {
-  const int64_t batch = state.range(0);
-  const int64_t context = state.range(1);
-  Fixture f(batch, context, DTypeArg(state.range(2)), paged);
-  AttentionOptions options;
-  options.num_threads = static_cast<int32_t>(state.range(3));
-  std::vector<float> q(static_cast<size_t>(batch * kQHeads * kHeadDim), 0.01f);
+// Times DecodeAttention of one token per sequence of the fixture with `q_heads` query heads;
+// bytes/s counts the K/V bytes.
+void RunDecode(benchmark::State& state, const Fixture& f, int32_t q_heads,
+               const AttentionOptions& options) {
+  std::vector<float> q(static_cast<size_t>(int64_t{f.view.num_seqs} * q_heads * kHeadDim), 0.01f);
   std::vector<float> out(q.size());
   for (auto _ : state) {
-    OrDie(DecodeAttention(f.view, 0, kQHeads, q, absl::MakeSpan(out), options), "decode");
+    OrDie(DecodeAttention(f.view, 0, q_heads, q, absl::MakeSpan(out), options), "decode");
     benchmark::DoNotOptimize(out.data());
   }
   state.SetBytesProcessed(state.iterations() * f.KvBytes());
+}
+
+void Decode(benchmark::State& state, bool paged) {
+  Fixture f(state.range(0), state.range(1), DTypeArg(state.range(2)), paged);
+  AttentionOptions options;
+  options.num_threads = static_cast<int32_t>(state.range(3));
+  RunDecode(state, f, kQHeads, options);
   state.counters["kv_bytes"] = static_cast<double>(f.KvBytes());
 }
 
@@ -155,13 +160,7 @@ void BM_DecodePagedNoGqa(benchmark::State& state) {
   Fixture f(1, context, DType::kF16, true, kQHeads);
   AttentionOptions options;
   options.num_threads = static_cast<int32_t>(state.range(1));
-  std::vector<float> q(static_cast<size_t>(kQHeads * kHeadDim), 0.01f);
-  std::vector<float> out(q.size());
-  for (auto _ : state) {
-    OrDie(DecodeAttention(f.view, 0, kQHeads, q, absl::MakeSpan(out), options), "decode");
-    benchmark::DoNotOptimize(out.data());
-  }
-  state.SetBytesProcessed(state.iterations() * f.KvBytes());
+  RunDecode(state, f, kQHeads, options);
 }
 BENCHMARK(BM_DecodePagedNoGqa)->ArgNames({"context", "threads"})->Args({2048, 1})->UseRealTime();
 
@@ -169,17 +168,10 @@ BENCHMARK(BM_DecodePagedNoGqa)->ArgNames({"context", "threads"})->Args({2048, 1}
 // 8 query heads per KV head. The K/V bytes are the same for every group, so bytes/s compares the
 // work per KV byte of the groups.
 void BM_DecodeGqa(benchmark::State& state) {
-  const int32_t q_heads = kKvHeads * static_cast<int32_t>(state.range(0));
   Fixture f(1, 2048, DType::kBF16, true);
   AttentionOptions options;
   options.num_threads = 1;
-  std::vector<float> q(static_cast<size_t>(q_heads * kHeadDim), 0.01f);
-  std::vector<float> out(q.size());
-  for (auto _ : state) {
-    OrDie(DecodeAttention(f.view, 0, q_heads, q, absl::MakeSpan(out), options), "decode");
-    benchmark::DoNotOptimize(out.data());
-  }
-  state.SetBytesProcessed(state.iterations() * f.KvBytes());
+  RunDecode(state, f, kKvHeads * static_cast<int32_t>(state.range(0)), options);
 }
 BENCHMARK(BM_DecodeGqa)->ArgNames({"group"})->DenseRange(1, 2)->Arg(4)->Arg(8)->UseRealTime();
 
@@ -189,14 +181,7 @@ BENCHMARK(BM_DecodeGqa)->ArgNames({"group"})->DenseRange(1, 2)->Arg(4)->Arg(8)->
 void BM_DecodeOneKvHead(benchmark::State& state) {
   const int64_t context = state.range(0);
   Fixture f(1, context, DType::kBF16, state.range(1) != 0, 1);
-  AttentionOptions options;
-  std::vector<float> q(static_cast<size_t>(4 * kHeadDim), 0.01f);
-  std::vector<float> out(q.size());
-  for (auto _ : state) {
-    OrDie(DecodeAttention(f.view, 0, 4, q, absl::MakeSpan(out), options), "decode");
-    benchmark::DoNotOptimize(out.data());
-  }
-  state.SetBytesProcessed(state.iterations() * f.KvBytes());
+  RunDecode(state, f, 4, AttentionOptions());
 }
 BENCHMARK(BM_DecodeOneKvHead)
     ->ArgNames({"context", "paged"})
