@@ -25,9 +25,10 @@ struct AttentionOptions {
   int32_t min_partition_tokens = 512;
   // bf16 pages on a CPU with AVX512_BF16: multiply in bf16 pairs (vdpbf16ps) with queries and
   // softmax probabilities rounded to bf16, as GPU flash attention does, summing in f32. Error
-  // about 2e-3 of the output scale; decode about 1.3x and extend 1.7x faster (BM_Bf16Products
+  // about 2e-3 of the output scale; decode about 1.8x and extend 2.1x faster (BM_Bf16Products
   // on a Zen 5 core) than false, which widens K/V to f32 and keeps every product in f32 (error
-  // about 3e-7). No effect on f32 or f16 pages, or on CPUs without the instruction. The bf16
+  // about 3e-7). No effect on f32 or f16 pages, on CPUs without the instruction, or on decode
+  // without GQA (one query per KV head widens, which is as fast there). The bf16
   // query makes each logit's error about 2^-9 of its size, so for very sharp attention (logits
   // in the hundreds, e.g. a large `scale`) set this to false.
   bool bf16_products = true;
