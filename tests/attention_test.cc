@@ -246,6 +246,54 @@ TEST(AttentionTest, PartitionedLongContextsMatch) {
   }
 }
 
+// Shapes and options the sweeps above do not name, drawn at random: head dims that are not
+// multiples of 8 or 16 (the scalar tails, and the widening path where vdpbf16ps needs whole
+// 8-dim blocks), odd block sizes, GQA ratios up to 6, forks, windows, soft-caps, scales, and
+// 1-4 threads with small partitions. A failure prints the case's seed.
+// PAGEDKV_ATTENTION_CASES sets the cases per target (default 100).
+TEST(AttentionTest, RandomShapesAndOptionsMatchReference) {
+  const int64_t cases_per_target = test::EnvOr("PAGEDKV_ATTENTION_CASES", 100);
+  int64_t runs = 0;
+  ForEachTarget([&] {
+    for (int64_t i = 0; i < cases_per_target; ++i) {
+      const uint64_t seed = 1000 + static_cast<uint64_t>(runs++);
+      std::mt19937 rng(static_cast<uint32_t>(seed));
+      const auto pick = [&rng](int lo, int hi) {
+        return std::uniform_int_distribution<int>(lo, hi)(rng);
+      };
+      const int32_t dims[] = {1, 3, 8, 12, 24, 40, 56, 72, 100, 136, 200};
+      Case c;
+      c.head_dim = dims[pick(0, 10)];
+      c.block_size = pick(1, 40);
+      c.num_kv_heads = pick(1, 3);
+      c.group = pick(1, 6);
+      c.dtype = static_cast<DType>(pick(0, 2));
+      const int seqs = pick(1, 4);
+      for (int s = 0; s < seqs; ++s) {
+        // Some sequences fork an earlier one and grow past it.
+        const int parent = s > 0 && pick(0, 3) == 0 ? pick(0, s - 1) : -1;
+        const int64_t floor = parent >= 0 ? c.lengths[static_cast<size_t>(parent)] : 1;
+        c.fork_of.push_back(parent);
+        c.lengths.push_back(floor + pick(0, 300));
+        c.q_lens.push_back(static_cast<int32_t>(
+            std::min<int64_t>(c.lengths.back(), pick(0, 2) == 0 ? pick(2, 12) : 1)));
+      }
+      c.options.scale = pick(0, 1) == 0 ? 0.0f : 0.05f * static_cast<float>(pick(1, 20));
+      c.options.sliding_window = pick(0, 2) == 0 ? pick(1, 100) : 0;
+      c.options.soft_cap = pick(0, 2) == 0 ? 0.5f * static_cast<float>(pick(1, 60)) : 0.0f;
+      c.options.num_threads = pick(1, 4);
+      c.options.min_partition_tokens = pick(16, 200);
+      const double err = RunCase(c, seed);
+      ASSERT_LE(err, Tolerance(c.dtype))
+          << "seed " << seed << ": head_dim " << c.head_dim << " block " << c.block_size
+          << " kv heads " << c.num_kv_heads << " group " << c.group << " " << DTypeName(c.dtype)
+          << " seqs " << seqs << " window " << c.options.sliding_window << " cap "
+          << c.options.soft_cap << " threads " << c.options.num_threads;
+    }
+  });
+  EXPECT_GT(runs, 0);
+}
+
 TEST(AttentionTest, PrefillOfAWholePromptIsCausal) {
   Case c;
   c.head_dim = 64;
