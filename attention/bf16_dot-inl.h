@@ -79,6 +79,11 @@ HWY_INLINE void PrefetchRows(const void* k, const void* v, size_t bytes) {
   }
 }
 
+// p + off bytes, or null for a null p (an offset from null is undefined behaviour).
+HWY_INLINE const void* BytesAhead(const void* p, size_t off) {
+  return p == nullptr ? nullptr : static_cast<const char*>(p) + off;
+}
+
 // Starts the fetch of the first line of each of k and v that is not null, with the hint for
 // the outer caches. From DRAM the first miss of a scattered page is what stalls: the row-for-row
 // prefetch one page ahead comes too late for it, and after it the hardware streams the page.
@@ -174,8 +179,7 @@ PAGEDKV_BF16_DOT_ATTR HWY_INLINE __m512 DotScoresOfFour(const uint16_t* HWY_REST
   for (size_t c = 0; c < chunks; ++c) {
     if ((next_k != nullptr || next_v != nullptr) && c * prefetch_step < rows_bytes) {
       const size_t off = c * prefetch_step;
-      PrefetchRows(reinterpret_cast<const char*>(next_k) + off,
-                   reinterpret_cast<const char*>(next_v) + off,
+      PrefetchRows(BytesAhead(next_k, off), BytesAhead(next_v, off),
                    std::min(prefetch_step, rows_bytes - off));
     }
     const size_t dims = D - 32 * c < 32 ? D - 32 * c : 32;
