@@ -18,6 +18,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "attention/kernel_args.h"
+#include "attention/worker_pool.h"
 #include "pagedkv/attention.h"
 
 #if defined(_OPENMP)
@@ -91,18 +92,20 @@ int32_t ThreadCount(int32_t requested) {
   return static_cast<int32_t>(std::max(1u, std::thread::hardware_concurrency()));
 }
 
-// Runs fn(i) for i in [0, n) on `threads` threads of the OpenMP pool (created once per process);
-// one thread runs inline.
+// Runs fn(i) for i in [0, n) on `threads` threads of the OpenMP pool, or of our own pool in
+// builds without OpenMP (both created once per process); one thread runs inline.
 template <typename Fn>
-void ParallelFor(int64_t n, [[maybe_unused]] int32_t threads, const Fn& fn) {
+void ParallelFor(int64_t n, int32_t threads, const Fn& fn) {
 #if defined(_OPENMP)
   if (threads > 1 && n > 1) {
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
     for (int64_t i = 0; i < n; ++i) fn(i);
     return;
   }
-#endif
   for (int64_t i = 0; i < n; ++i) fn(i);
+#else
+  internal::PoolParallelFor(n, threads, fn);
+#endif
 }
 
 }  // namespace
