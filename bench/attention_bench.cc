@@ -26,9 +26,9 @@ constexpr int32_t kHeadDim = 128;
 
 DType DTypeArg(int64_t code) { return static_cast<DType>(code); }
 
-// A one-layer cache holding `batch` sequences of `context` tokens with random K/V. Paged: 16-token
-// pages handed out in random order, as a long-running server's pool would. Contiguous: one page
-// per sequence, so each (sequence, head) is one contiguous array.
+// A cache of `layers` layers (one unless asked) holding `batch` sequences of `context` tokens with
+// random K/V. Paged: 16-token pages handed out in random order, as a long-running server's pool
+// would. Contiguous: one page per sequence, so each (sequence, head) is one contiguous array.
 struct Fixture {
   int32_t kv_heads;
   std::unique_ptr<PagedKvCache> cache;
@@ -36,10 +36,11 @@ struct Fixture {
   PagedKvViewStorage storage;
   PagedKvView view;
 
-  Fixture(int64_t batch, int64_t context, DType dtype, bool paged, int32_t heads = kKvHeads)
+  Fixture(int64_t batch, int64_t context, DType dtype, bool paged, int32_t heads = kKvHeads,
+          int32_t layers = 1)
       : kv_heads(heads) {
     CacheConfig config;
-    config.num_layers = 1;
+    config.num_layers = layers;
     config.num_kv_heads = heads;
     config.head_dim = kHeadDim;
     config.dtype = dtype;
@@ -59,10 +60,12 @@ struct Fixture {
     for (int64_t s = 0; s < batch; ++s) {
       const SeqId id = OrDie(cache->CreateSequence(), "create").id;
       OrDie(cache->Reserve(id, context), "reserve");
-      for (int64_t p = 0; p < context; p += chunk) {
-        const size_t n = static_cast<size_t>(std::min(chunk, context - p) * kv_heads * kHeadDim);
-        OrDie(cache->WriteKv(id, 0, p, absl::MakeConstSpan(k).first(n),
-                             absl::MakeConstSpan(v).first(n)), "write");
+      for (int32_t layer = 0; layer < layers; ++layer) {
+        for (int64_t p = 0; p < context; p += chunk) {
+          const size_t n = static_cast<size_t>(std::min(chunk, context - p) * kv_heads * kHeadDim);
+          OrDie(cache->WriteKv(id, layer, p, absl::MakeConstSpan(k).first(n),
+                               absl::MakeConstSpan(v).first(n)), "write");
+        }
       }
       seqs.push_back(id);
     }
@@ -81,6 +84,7 @@ struct Fixture {
     for (SeqId id : ids) OrDie(cache->Free(id), "free");
   }
 
+  // K/V bytes of one layer.
   int64_t KvBytes() const {
     int64_t tokens = 0;
     for (int32_t s = 0; s < view.num_seqs; ++s) tokens += view.seq_lens[s];
@@ -174,6 +178,32 @@ void BM_DecodeGqa(benchmark::State& state) {
   RunDecode(state, f, kKvHeads * static_cast<int32_t>(state.range(0)), options);
 }
 BENCHMARK(BM_DecodeGqa)->ArgNames({"group"})->DenseRange(1, 2)->Arg(4)->Arg(8)->UseRealTime();
+
+// One decode step of the whole model as an engine runs it: Llama-3-8B's 32 layers one after
+// another, 1 x 2,048 tokens, bf16 (8 MiB of K/V per layer, 256 MiB in all). By the time the
+// step comes back to a layer, its pages have left the caches: this is the DRAM figure a server
+// sees, where BM_DecodePaged's 1 x 2,048 reads one layer again and again from L3. Compare with
+// BM_StreamRead of 256 MiB.
+void BM_DecodeModelStep(benchmark::State& state) {
+  const auto layers = static_cast<int32_t>(state.range(0));
+  Fixture f(1, 2048, DType::kBF16, true, kKvHeads, layers);
+  AttentionOptions options;
+  options.num_threads = static_cast<int32_t>(state.range(1));
+  std::vector<float> q(static_cast<size_t>(kQHeads * kHeadDim), 0.01f);
+  std::vector<float> out(q.size());
+  for (auto _ : state) {
+    for (int32_t layer = 0; layer < layers; ++layer) {
+      OrDie(DecodeAttention(f.view, layer, kQHeads, q, absl::MakeSpan(out), options), "decode");
+      benchmark::DoNotOptimize(out.data());
+    }
+  }
+  state.SetBytesProcessed(state.iterations() * f.KvBytes() * layers);
+}
+BENCHMARK(BM_DecodeModelStep)
+    ->ArgNames({"layers", "threads"})
+    ->Args({32, 1})
+    ->Args({32, 2})
+    ->UseRealTime();
 
 // One KV head and its four query heads, bf16, one thread: at context 512 (256 KiB) K/V sit in
 // L2, so this is the kernel's arithmetic ceiling with the L3 out of the way; at 16,384 (8 MiB)
