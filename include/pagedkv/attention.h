@@ -17,16 +17,17 @@ struct AttentionOptions {
   int32_t sliding_window = 0;
   // > 0: logits become soft_cap * tanh(logits / soft_cap) (Gemma 2 style), after scaling.
   float soft_cap = 0.0f;
-  // Threads of the process-wide pool (OpenMP) to spread work over; 1 runs inline on the caller,
-  // 0 uses every hardware thread.
+  // Threads of the process-wide pool to spread work over (OpenMP's; in builds without OpenMP
+  // the library's own, where a call made while another caller's work holds the pool runs
+  // inline); 1 runs inline on the caller, 0 uses every hardware thread.
   int32_t num_threads = 1;
   // With more threads than (sequence, kv head) work, a long context is split into partitions of
   // at least this many tokens that run in parallel and are reduced (flash-decoding).
   int32_t min_partition_tokens = 512;
   // bf16 pages on a CPU with AVX512_BF16: multiply in bf16 pairs (vdpbf16ps) with queries and
   // softmax probabilities rounded to bf16, as GPU flash attention does, summing in f32. Error
-  // about 2e-3 of the output scale; decode about 1.8x and extend 2.1x faster (BM_Bf16Products
-  // on a Zen 5 core) than false, which widens K/V to f32 and keeps every product in f32 (error
+  // about 2e-3 of the output scale; decode about 1.7-1.9x and extend 2.1-2.2x faster
+  // (BM_Bf16Products on a Zen 5 core) than false, which widens K/V to f32 and keeps every product in f32 (error
   // about 3e-7). No effect on f32 or f16 pages, on CPUs without the instruction, or on decode
   // without GQA (one query per KV head widens, which is as fast there). The bf16
   // query makes each logit's error about 2^-9 of its size, so for very sharp attention (logits
