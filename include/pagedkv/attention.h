@@ -27,11 +27,13 @@ struct AttentionOptions {
   // bf16 pages on a CPU with AVX512_BF16: multiply in bf16 pairs (vdpbf16ps) with queries and
   // softmax probabilities rounded to bf16, as GPU flash attention does, summing in f32. Error
   // about 2e-3 of the output scale; decode about 1.7-1.9x and extend 2.1-2.2x faster
-  // (BM_Bf16Products on a Zen 5 core) than false, which widens K/V to f32 and keeps every product in f32 (error
-  // about 3e-7). No effect on f32 or f16 pages, on CPUs without the instruction, or on decode
-  // without GQA (one query per KV head widens, which is as fast there). The bf16
-  // query makes each logit's error about 2^-9 of its size, so for very sharp attention (logits
-  // in the hundreds, e.g. a large `scale`) set this to false.
+  // (BM_Bf16Products on a Zen 5 core) than false, which widens K/V to f32 and keeps every
+  // product in f32 (error about 3e-7). No effect on f32 or f16 pages, on CPUs without the
+  // instruction, or on decode without GQA (one query per KV head widens, which is as fast
+  // there). Rounding the query to bf16 moves each logit by up to 2^-9 of sum |q_i k_i|, so the
+  // error grows with the logits' spread: with `scale` 1.75 on head dim 64 (logits about +-10)
+  // over a 14-key window it reached 2e-2 of the output scale. For sharp attention (a large
+  // `scale`, few keys that matter) set this to false.
   bool bf16_products = true;
 };
 
