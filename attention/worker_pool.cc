@@ -50,7 +50,7 @@ class WorkerPool {
       open_ = helpers;
       joined_ = 0;
       finished_.store(0, std::memory_order_relaxed);
-      published_.store(++generation_, std::memory_order_release);
+      generation_.fetch_add(1, std::memory_order_release);
     }
     wake_.notify_all();
     Take(fn, n);
@@ -80,13 +80,15 @@ class WorkerPool {
   [[noreturn]] void Loop() {
     uint64_t seen = 0;
     for (;;) {
-      for (int spin = 0; spin < kSpins && published_.load(std::memory_order_acquire) == seen;
+      for (int spin = 0; spin < kSpins && generation_.load(std::memory_order_acquire) == seen;
            ++spin) {
         Pause();
       }
       std::unique_lock<std::mutex> lock(mu_);
-      wake_.wait(lock, [&] { return generation_ != seen && open_ > 0; });
-      seen = generation_;
+      wake_.wait(lock, [&] {
+        return generation_.load(std::memory_order_relaxed) != seen && open_ > 0;
+      });
+      seen = generation_.load(std::memory_order_relaxed);
       --open_;
       ++joined_;
       const Fn* fn = fn_;
@@ -108,8 +110,8 @@ class WorkerPool {
   std::atomic<int64_t> next_{0};
   int64_t open_ = 0, joined_ = 0;
   std::atomic<int64_t> finished_{0};  // Written under mu_; the caller polls it before waiting.
-  uint64_t generation_ = 0;
-  std::atomic<uint64_t> published_{0};  // generation_, for workers to poll before waiting.
+  // Jobs published so far. Written under mu_; workers poll it before they wait.
+  std::atomic<uint64_t> generation_{0};
 };
 
 }  // namespace
