@@ -226,10 +226,9 @@ void BM_StreamRead(benchmark::State& state) {
   std::vector<float> data(bytes / sizeof(float), 1.0f);
   const size_t per = data.size() / static_cast<size_t>(threads);
   for (auto _ : state) {
-    float total = 0;
-#pragma omp parallel for num_threads(threads) reduction(+ : total) if (threads > 1)
-    for (int t = 0; t < threads; ++t) total += StreamSum(data.data() + per * t, per);
-    benchmark::DoNotOptimize(total);
+    std::vector<float> sums(static_cast<size_t>(threads));
+    OnThreads(threads, [&](int t) { sums[t] = StreamSum(data.data() + per * t, per); });
+    benchmark::DoNotOptimize(sums.data());
   }
   state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(bytes));
 }
@@ -259,10 +258,10 @@ void BM_ScatteredPageRead(benchmark::State& state) {
   std::shuffle(order.begin(), order.end(), std::mt19937(3));
   const size_t per = pages / static_cast<size_t>(threads);
   for (auto _ : state) {
-    float total = 0;
-#pragma omp parallel for num_threads(threads) reduction(+ : total) if (threads > 1)
-    for (int t = 0; t < threads; ++t) total += PageSum(base, order.data() + per * t, per, kPageFloats);
-    benchmark::DoNotOptimize(total);
+    std::vector<float> sums(static_cast<size_t>(threads));
+    OnThreads(threads,
+              [&](int t) { sums[t] = PageSum(base, order.data() + per * t, per, kPageFloats); });
+    benchmark::DoNotOptimize(sums.data());
   }
   state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(per * threads) *
                           static_cast<int64_t>(kPageFloats * sizeof(float)));
@@ -298,10 +297,10 @@ void BM_FmaPeak(benchmark::State& state) {
   constexpr int64_t kIterations = 1 << 22;
   double flops = 0;
   for (auto _ : state) {
-    double done = 0;
-#pragma omp parallel for num_threads(threads) reduction(+ : done) if (threads > 1)
-    for (int t = 0; t < threads; ++t) done += FmaChains(kIterations, 1.0f + static_cast<float>(t));
-    flops += done;
+    std::vector<double> done(static_cast<size_t>(threads));
+    OnThreads(threads,
+              [&](int t) { done[t] = FmaChains(kIterations, 1.0f + static_cast<float>(t)); });
+    for (double d : done) flops += d;
   }
   state.counters["flop_per_second"] = benchmark::Counter(flops, benchmark::Counter::kIsRate);
 }
