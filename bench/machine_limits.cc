@@ -55,41 +55,50 @@ float PageSumImpl(const float* HWY_RESTRICT base, const int32_t* HWY_RESTRICT or
 
 double FmaChainsImpl(int64_t iterations, float seed) {
   const hn::ScalableTag<float> d;
-  // Ten independent chains hide the FMA latency on every x86 core we target.
-  auto m = hn::Set(d, 0.999999f);
-  auto a = hn::Set(d, 1e-7f);
-  auto c0 = hn::Set(d, seed), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0,
-       c8 = c0, c9 = c0;
+  // Twelve independent chains hide the FMA latency on every x86 core we target (Zen 5 needs 8:
+  // 2 per cycle, 4 cycles each). Each starts from its own value: chains from one value are the
+  // same computation, and the compiler merged them into one (this benchmark then timed one
+  // chain's latency and reported 311 GFLOP/s on a core whose peak is 251).
+  const auto m = hn::Set(d, 0.999999f);
+  const auto a = hn::Set(d, 1e-7f);
+  const auto start = [&](int k) { return hn::Set(d, seed + 0.125f * static_cast<float>(k)); };
+  auto c0 = start(0), c1 = start(1), c2 = start(2), c3 = start(3), c4 = start(4), c5 = start(5),
+       c6 = start(6), c7 = start(7), c8 = start(8), c9 = start(9), c10 = start(10),
+       c11 = start(11);
   for (int64_t i = 0; i < iterations; ++i) {
     c0 = hn::MulAdd(c0, m, a); c1 = hn::MulAdd(c1, m, a); c2 = hn::MulAdd(c2, m, a);
     c3 = hn::MulAdd(c3, m, a); c4 = hn::MulAdd(c4, m, a); c5 = hn::MulAdd(c5, m, a);
     c6 = hn::MulAdd(c6, m, a); c7 = hn::MulAdd(c7, m, a); c8 = hn::MulAdd(c8, m, a);
-    c9 = hn::MulAdd(c9, m, a);
+    c9 = hn::MulAdd(c9, m, a); c10 = hn::MulAdd(c10, m, a); c11 = hn::MulAdd(c11, m, a);
   }
-  const auto sum = hn::Add(hn::Add(hn::Add(c0, c1), hn::Add(c2, c3)),
-                           hn::Add(hn::Add(hn::Add(c4, c5), hn::Add(c6, c7)), hn::Add(c8, c9)));
+  const auto sum = hn::Add(hn::Add(hn::Add(hn::Add(c0, c1), hn::Add(c2, c3)),
+                                   hn::Add(hn::Add(c4, c5), hn::Add(c6, c7))),
+                           hn::Add(hn::Add(c8, c9), hn::Add(c10, c11)));
   volatile float sink = hn::GetLane(sum);
   (void)sink;
-  return 2.0 * 10.0 * static_cast<double>(hn::Lanes(d)) * static_cast<double>(iterations);
+  return 2.0 * 12.0 * static_cast<double>(hn::Lanes(d)) * static_cast<double>(iterations);
 }
 
 #if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
-// Twelve independent chains of vdpbf16ps from registers (32 multiply-adds each): the peak
-// the bf16 attention path works against. Needs AVX512_BF16 (checked by the caller).
+// Sixteen independent chains of vdpbf16ps from registers (32 multiply-adds each): the peak the
+// bf16 attention path works against. Zen 5 needs more than twelve (7.2 G/s with twelve, 7.9 with
+// sixteen or 24, a standalone loop). Each chain starts from its own value, as in FmaChainsImpl.
+// Needs AVX512_BF16 (checked by the caller).
 __attribute__((target(HWY_TARGET_STR ",avx512bf16"))) HWY_NOINLINE double Bf16DotChainsImpl(
     int64_t iterations, float seed) {
-  __m512 acc[12];
-  for (__m512& a : acc) a = _mm512_set1_ps(seed);
+  constexpr int kChains = 16;
+  __m512 acc[kChains];
+  for (int k = 0; k < kChains; ++k) acc[k] = _mm512_set1_ps(seed + 0.125f * static_cast<float>(k));
   const __m512bh x = (__m512bh)_mm512_set1_epi32(0x3f803f80);  // bf16 pairs (1, 1).
   const __m512bh y = (__m512bh)_mm512_set1_epi32(0x33d633d6);  // bf16 pairs of about 1e-7.
   for (int64_t i = 0; i < iterations; ++i) {
     for (__m512& a : acc) a = _mm512_dpbf16_ps(a, x, y);
   }
   __m512 sum = acc[0];
-  for (int k = 1; k < 12; ++k) sum = _mm512_add_ps(sum, acc[k]);
+  for (int k = 1; k < kChains; ++k) sum = _mm512_add_ps(sum, acc[k]);
   volatile float sink = _mm512_reduce_add_ps(sum);
   (void)sink;
-  return 12.0 * static_cast<double>(iterations);
+  return kChains * static_cast<double>(iterations);
 }
 #else
 double Bf16DotChainsImpl(int64_t, float) { return 0.0; }
