@@ -27,8 +27,9 @@ constexpr int32_t kHeadDim = 128;
 DType DTypeArg(int64_t code) { return static_cast<DType>(code); }
 
 // A cache of `layers` layers (one unless asked) holding `batch` sequences of `context` tokens with
-// random K/V. Paged: 16-token pages handed out in random order, as a long-running server's pool
-// would. Contiguous: one page per sequence, so each (sequence, head) is one contiguous array.
+// random K/V. Paged: pages of `page_tokens` (16 unless asked) handed out in random order, as a
+// long-running server's pool would. Contiguous: one page per sequence, so each (sequence, head)
+// is one contiguous array.
 struct Fixture {
   int32_t kv_heads;
   std::unique_ptr<PagedKvCache> cache;
@@ -37,14 +38,14 @@ struct Fixture {
   PagedKvView view;
 
   Fixture(int64_t batch, int64_t context, DType dtype, bool paged, int32_t heads = kKvHeads,
-          int32_t layers = 1)
+          int32_t layers = 1, int32_t page_tokens = 16)
       : kv_heads(heads) {
     CacheConfig config;
     config.num_layers = layers;
     config.num_kv_heads = heads;
     config.head_dim = kHeadDim;
     config.dtype = dtype;
-    config.block_size = paged ? 16 : static_cast<int32_t>(context);
+    config.block_size = paged ? page_tokens : static_cast<int32_t>(context);
     config.num_blocks = static_cast<int32_t>(batch * ((context + config.block_size - 1) /
                                                       config.block_size));
     config.max_seq_len = context;
@@ -203,6 +204,21 @@ BENCHMARK(BM_DecodeModelStep)
     ->ArgNames({"layers", "threads"})
     ->Args({32, 1})
     ->Args({32, 2})
+    ->UseRealTime();
+
+// Page size, for choosing one: bf16 decode, one thread, with pages of 16 to 128 tokens (shuffled),
+// in L3 (batch 1) and from DRAM (batch 32), context 2,048. Compare each with
+// BM_DecodeContiguous of the same batch.
+void BM_DecodePageSize(benchmark::State& state) {
+  Fixture f(state.range(1), 2048, DType::kBF16, true, kKvHeads, 1,
+            static_cast<int32_t>(state.range(0)));
+  AttentionOptions options;
+  options.num_threads = 1;
+  RunDecode(state, f, kQHeads, options);
+}
+BENCHMARK(BM_DecodePageSize)
+    ->ArgNames({"page", "batch"})
+    ->ArgsProduct({{16, 32, 64, 128}, {1, 32}})
     ->UseRealTime();
 
 // One KV head and its four query heads, bf16, one thread: at context 512 (256 KiB) K/V sit in
