@@ -58,7 +58,7 @@ double FmaChainsImpl(int64_t iterations, float seed) {
   // Twelve independent chains hide the FMA latency on every x86 core we target (Zen 5 needs 8:
   // 2 per cycle, 4 cycles each). Each starts from its own value: chains from one value are the
   // same computation, and the compiler merged them into one (this benchmark then timed one
-  // chain's latency and reported 311 GFLOP/s on a core whose peak is 251).
+  // chain's latency and reported 311 GFLOP/s on a core whose peak is 240-250).
   const auto m = hn::Set(d, 0.999999f);
   const auto a = hn::Set(d, 1e-7f);
   const auto start = [&](int k) { return hn::Set(d, seed + 0.125f * static_cast<float>(k)); };
