@@ -241,8 +241,8 @@ void BM_StreamRead(benchmark::State& state) {
   const int threads = static_cast<int>(state.range(1));
   std::vector<float> data(bytes / sizeof(float), 1.0f);
   const size_t per = data.size() / static_cast<size_t>(threads);
+  std::vector<float> sums(static_cast<size_t>(threads));
   for (auto _ : state) {
-    std::vector<float> sums(static_cast<size_t>(threads));
     OnThreads(threads, [&](int t) { sums[t] = StreamSum(data.data() + per * t, per); });
     benchmark::DoNotOptimize(sums.data());
   }
@@ -273,8 +273,8 @@ void BM_ScatteredPageRead(benchmark::State& state) {
   for (size_t i = 0; i < pages; ++i) order[i] = static_cast<int32_t>(i);
   std::shuffle(order.begin(), order.end(), std::mt19937(3));
   const size_t per = pages / static_cast<size_t>(threads);
+  std::vector<float> sums(static_cast<size_t>(threads));
   for (auto _ : state) {
-    std::vector<float> sums(static_cast<size_t>(threads));
     OnThreads(threads,
               [&](int t) { sums[t] = PageSum(base, order.data() + per * t, per, kPageFloats); });
     benchmark::DoNotOptimize(sums.data());
@@ -312,8 +312,8 @@ void BM_FmaPeak(benchmark::State& state) {
   const int threads = static_cast<int>(state.range(0));
   constexpr int64_t kIterations = 1 << 22;
   double flops = 0;
+  std::vector<double> done(static_cast<size_t>(threads));
   for (auto _ : state) {
-    std::vector<double> done(static_cast<size_t>(threads));
     OnThreads(threads,
               [&](int t) { done[t] = FmaChains(kIterations, 1.0f + static_cast<float>(t)); });
     for (double d : done) flops += d;
