@@ -144,6 +144,29 @@ HWY_INLINE void Values4(const float* HWY_RESTRICT p, size_t t_pad, const T* HWY_
   const DF df;
   const size_t N = hn::Lanes(df);
   size_t c = 0;
+#if HWY_TARGET <= HWY_AVX3
+  // Four chunks at a time where there are 32 registers (AVX-512): 16 accumulators + 4 values + a
+  // probability, so each broadcast probability feeds four FMAs instead of two (f16 decode 0.96x
+  // the time; f32 the same).
+  for (; c + 4 * N <= D; c += 4 * N) {
+    hn::Vec<DF> a[kQueryGroup][4];
+    for (size_t j = 0; j < kQueryGroup; ++j) {
+      for (size_t k = 0; k < 4; ++k) a[j][k] = hn::LoadU(df, acc + j * D + c + k * N);
+    }
+    for (size_t t = 0; t < n_keys; ++t) {
+      const T* HWY_RESTRICT v = values + t * D + c;
+      const hn::Vec<DF> vc[4] = {LoadF32(v), LoadF32(v + N), LoadF32(v + 2 * N),
+                                 LoadF32(v + 3 * N)};
+      for (size_t j = 0; j < kQueryGroup; ++j) {
+        const auto pj = hn::Set(df, p[j * t_pad + t]);
+        for (size_t k = 0; k < 4; ++k) a[j][k] = hn::MulAdd(pj, vc[k], a[j][k]);
+      }
+    }
+    for (size_t j = 0; j < kQueryGroup; ++j) {
+      for (size_t k = 0; k < 4; ++k) hn::StoreU(a[j][k], df, acc + j * D + c + k * N);
+    }
+  }
+#endif
   // Two chunks at a time: 8 accumulators + 2 values + 4 probabilities fit 16 registers.
   for (; c + 2 * N <= D; c += 2 * N) {
     auto a00 = hn::LoadU(df, acc + c), a01 = hn::LoadU(df, acc + c + N);
