@@ -98,6 +98,21 @@ HWY_INLINE void SumOfFour(hn::Vec<DF> a0, hn::Vec<DF> a1, hn::Vec<DF> a2, hn::Ve
 // Queries are processed four at a time: one register-resident K or V chunk feeds four FMAs.
 constexpr size_t kQueryGroup = 4;
 
+// Writes the four scores of key row k from its accumulators a[j] (q[j] . k over the first `full`
+// dims, lane by lane) plus the scalar tail of dims [full, D): scores[j * t_pad] = q[j] . k.
+template <typename T>
+HWY_INLINE void FinishScores4(const float* HWY_RESTRICT q, const T* HWY_RESTRICT k, size_t D,
+                              size_t full, const hn::Vec<DF> (&a)[kQueryGroup],
+                              float* HWY_RESTRICT scores, size_t t_pad) {
+  float sums[4];
+  SumOfFour(a[0], a[1], a[2], a[3], sums);
+  for (size_t c = full; c < D; ++c) {
+    const float kc = ScalarToF32(k[c]);
+    for (size_t j = 0; j < kQueryGroup; ++j) sums[j] += q[j * D + c] * kc;
+  }
+  for (size_t j = 0; j < kQueryGroup; ++j) scores[j * t_pad] = sums[j];
+}
+
 // scores[j][t] = q[j] . K[t] for the four queries of group q (rows of `scores` are t_pad long).
 // K rows are read from the page in the storage dtype and widened in registers, once per group.
 // Row t of the next page's K and V (next_k, next_v; null for none) is prefetched with row t.
@@ -108,31 +123,41 @@ HWY_INLINE void Scores4(const float* HWY_RESTRICT q, const T* HWY_RESTRICT keys,
   const DF df;
   const size_t N = hn::Lanes(df);
   const size_t full = D / N * N;
-  for (size_t t = 0; t < n_keys; ++t) {
+  size_t t = 0;
+  if constexpr (!std::is_same_v<T, float>) {
+    // 16-bit pages: two keys per pass, so each query chunk loaded feeds two FMAs (f16 decode
+    // 0.93x the time; f32 pages, whose key loads are twice as wide, measured 1.07x).
+    for (; t + 2 <= n_keys; t += 2) {
+      if (next_k != nullptr) PrefetchRows(next_k + t * D, next_v + t * D, 2 * D * sizeof(T));
+      const T* HWY_RESTRICT k0 = keys + t * D;
+      const T* HWY_RESTRICT k1 = k0 + D;
+      hn::Vec<DF> a0[kQueryGroup], a1[kQueryGroup];
+      for (size_t j = 0; j < kQueryGroup; ++j) a0[j] = a1[j] = hn::Zero(df);
+      for (size_t c = 0; c < full; c += N) {
+        const auto kc0 = LoadF32(k0 + c);
+        const auto kc1 = LoadF32(k1 + c);
+        for (size_t j = 0; j < kQueryGroup; ++j) {
+          const auto qj = hn::LoadU(df, q + j * D + c);
+          a0[j] = hn::MulAdd(qj, kc0, a0[j]);
+          a1[j] = hn::MulAdd(qj, kc1, a1[j]);
+        }
+      }
+      FinishScores4(q, k0, D, full, a0, scores + t, t_pad);
+      FinishScores4(q, k1, D, full, a1, scores + t + 1, t_pad);
+    }
+  }
+  for (; t < n_keys; ++t) {
     if (next_k != nullptr) PrefetchRows(next_k + t * D, next_v + t * D, D * sizeof(T));
     const T* HWY_RESTRICT k = keys + t * D;
-    auto a0 = hn::Zero(df), a1 = hn::Zero(df), a2 = hn::Zero(df), a3 = hn::Zero(df);
+    hn::Vec<DF> a[kQueryGroup];
+    for (size_t j = 0; j < kQueryGroup; ++j) a[j] = hn::Zero(df);
     for (size_t c = 0; c < full; c += N) {
       const auto kc = LoadF32(k + c);
-      a0 = hn::MulAdd(hn::LoadU(df, q + c), kc, a0);
-      a1 = hn::MulAdd(hn::LoadU(df, q + D + c), kc, a1);
-      a2 = hn::MulAdd(hn::LoadU(df, q + 2 * D + c), kc, a2);
-      a3 = hn::MulAdd(hn::LoadU(df, q + 3 * D + c), kc, a3);
+      for (size_t j = 0; j < kQueryGroup; ++j) {
+        a[j] = hn::MulAdd(hn::LoadU(df, q + j * D + c), kc, a[j]);
+      }
     }
-    float sums[4];
-    SumOfFour(a0, a1, a2, a3, sums);
-    float s0 = sums[0], s1 = sums[1], s2 = sums[2], s3 = sums[3];
-    for (size_t c = full; c < D; ++c) {
-      const float kc = ScalarToF32(k[c]);
-      s0 += q[c] * kc;
-      s1 += q[D + c] * kc;
-      s2 += q[2 * D + c] * kc;
-      s3 += q[3 * D + c] * kc;
-    }
-    scores[t] = s0;
-    scores[t_pad + t] = s1;
-    scores[2 * t_pad + t] = s2;
-    scores[3 * t_pad + t] = s3;
+    FinishScores4(q, k, D, full, a, scores + t, t_pad);
   }
 }
 
