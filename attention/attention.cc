@@ -21,10 +21,6 @@
 #include "attention/worker_pool.h"
 #include "pagedkv/attention.h"
 
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
-
 namespace pagedkv {
 namespace internal {
 HWY_EXPORT(AttendItem);
@@ -90,22 +86,6 @@ absl::Status Validate(const PagedKvView& view, int32_t layer, int32_t num_q_head
 int32_t ThreadCount(int32_t requested) {
   if (requested > 0) return requested;
   return static_cast<int32_t>(std::max(1u, std::thread::hardware_concurrency()));
-}
-
-// Runs fn(i) for i in [0, n) on `threads` threads of the OpenMP pool, or of our own pool in
-// builds without OpenMP (both created once per process); one thread runs inline.
-template <typename Fn>
-void ParallelFor(int64_t n, int32_t threads, const Fn& fn) {
-#if defined(_OPENMP)
-  if (threads > 1 && n > 1) {
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-    for (int64_t i = 0; i < n; ++i) fn(i);
-    return;
-  }
-  for (int64_t i = 0; i < n; ++i) fn(i);
-#else
-  internal::PoolParallelFor(n, threads, fn);
-#endif
 }
 
 }  // namespace
@@ -184,13 +164,13 @@ absl::Status ExtendAttention(const PagedKvView& view, int32_t layer, int32_t num
     partials.resize(static_cast<size_t>(slots * args.partial_stride));
     args.partials = partials.data();
   }
-  ParallelFor(static_cast<int64_t>(work.size()), threads, [&](int64_t i) {
+  internal::ParallelFor(static_cast<int64_t>(work.size()), threads, [&](int64_t i) {
     HWY_DYNAMIC_DISPATCH(internal::AttendItem)(args, work[static_cast<size_t>(i)]);
   });
   if (slots == 0) return absl::OkStatus();
   // Combine partitions: out = sum_p exp(m_p - M) acc_p / sum_p exp(m_p - M) l_p.
   const int64_t D = view.head_dim;
-  ParallelFor(static_cast<int64_t>(splits.size()), threads, [&](int64_t k) {
+  internal::ParallelFor(static_cast<int64_t>(splits.size()), threads, [&](int64_t k) {
     const Split& split = splits[static_cast<size_t>(k)];
     const WorkItem& item = items[split.item];
     const int32_t first = split.first_slot;

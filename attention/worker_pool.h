@@ -1,8 +1,8 @@
-// The attention kernels' threads where OpenMP is not there: a process-wide pool of workers,
-// started on first use and kept, so no thread is created per call. Builds with OpenMP (the
-// default with g++) use its pool instead; builds without it (clang without libomp, and the
-// TSan build, whose OpenMP runtime is not instrumented) use this one, so the threaded paths of
-// the kernels run, and are race-checked, there too.
+// The attention kernels' threads. ParallelFor runs work on OpenMP's pool in builds with OpenMP
+// (the default with g++), and otherwise on a process-wide pool of workers, started on first use
+// and kept, so no thread is created per call. Builds without OpenMP (clang without libomp, and
+// the TSan build, whose OpenMP runtime is not instrumented) thus run the kernels' threaded paths
+// too, and TSan race-checks them.
 #ifndef PAGEDKV_ATTENTION_WORKER_POOL_H_
 #define PAGEDKV_ATTENTION_WORKER_POOL_H_
 
@@ -16,6 +16,24 @@ namespace pagedkv::internal {
 // workers, which take indices in turn. Returns when every call has returned. One thread (or
 // n <= 1) runs inline; while another caller's work holds the pool, this call runs inline too.
 void PoolParallelFor(int64_t n, int32_t threads, absl::FunctionRef<void(int64_t)> fn);
+
+// Runs fn(i) for i in [0, n) on `threads` threads: OpenMP's pool where the code including this
+// is built with OpenMP, PoolParallelFor's otherwise (both created once per process). One thread
+// runs inline. The kernels and the benchmarks' machine baselines share it, so a thread count
+// means the same threads for both.
+template <typename Fn>
+void ParallelFor(int64_t n, int32_t threads, const Fn& fn) {
+#if defined(_OPENMP)
+  if (threads > 1 && n > 1) {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+    for (int64_t i = 0; i < n; ++i) fn(i);
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i) fn(i);
+#else
+  PoolParallelFor(n, threads, fn);
+#endif
+}
 
 }  // namespace pagedkv::internal
 

@@ -12,6 +12,7 @@
 #include <random>
 #include <vector>
 
+#include "attention/worker_pool.h"
 #include "bench/machine_limits.h"
 #include "bench_util.h"
 #include "benchmark/benchmark.h"
@@ -243,7 +244,10 @@ void BM_StreamRead(benchmark::State& state) {
   const size_t per = data.size() / static_cast<size_t>(threads);
   std::vector<float> sums(static_cast<size_t>(threads));
   for (auto _ : state) {
-    OnThreads(threads, [&](int t) { sums[t] = StreamSum(data.data() + per * t, per); });
+    internal::ParallelFor(threads, threads, [&](int64_t i) {
+      const auto t = static_cast<size_t>(i);
+      sums[t] = StreamSum(data.data() + per * t, per);
+    });
     benchmark::DoNotOptimize(sums.data());
   }
   state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(bytes));
@@ -275,8 +279,10 @@ void BM_ScatteredPageRead(benchmark::State& state) {
   const size_t per = pages / static_cast<size_t>(threads);
   std::vector<float> sums(static_cast<size_t>(threads));
   for (auto _ : state) {
-    OnThreads(threads,
-              [&](int t) { sums[t] = PageSum(base, order.data() + per * t, per, kPageFloats); });
+    internal::ParallelFor(threads, threads, [&](int64_t i) {
+      const auto t = static_cast<size_t>(i);
+      sums[t] = PageSum(base, order.data() + per * t, per, kPageFloats);
+    });
     benchmark::DoNotOptimize(sums.data());
   }
   state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(per * threads) *
@@ -314,8 +320,9 @@ void BM_FmaPeak(benchmark::State& state) {
   double flops = 0;
   std::vector<double> done(static_cast<size_t>(threads));
   for (auto _ : state) {
-    OnThreads(threads,
-              [&](int t) { done[t] = FmaChains(kIterations, 1.0f + static_cast<float>(t)); });
+    internal::ParallelFor(threads, threads, [&](int64_t i) {
+      done[static_cast<size_t>(i)] = FmaChains(kIterations, 1.0f + static_cast<float>(i));
+    });
     for (double d : done) flops += d;
   }
   state.counters["flop_per_second"] = benchmark::Counter(flops, benchmark::Counter::kIsRate);

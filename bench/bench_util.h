@@ -6,7 +6,6 @@
 #include <cstdlib>
 #include <memory>
 
-#include "attention/worker_pool.h"
 #include "pagedkv/pagedkv.h"
 
 namespace pagedkv::bench {
@@ -40,19 +39,6 @@ inline void OrDie(const absl::Status& status, const char* what) {
     std::fprintf(stderr, "%s: %s\n", what, status.ToString().c_str());
     std::abort();
   }
-}
-
-// Runs fn(t) for t in [0, threads) on the threads the attention kernels use: OpenMP's pool, or
-// pagedkv's own where the build has no OpenMP. So a machine baseline's thread count means what a
-// kernel's does in every build.
-template <typename Fn>
-void OnThreads(int threads, const Fn& fn) {
-#if defined(_OPENMP)
-#pragma omp parallel for num_threads(threads) if (threads > 1)
-  for (int t = 0; t < threads; ++t) fn(t);
-#else
-  internal::PoolParallelFor(threads, threads, [&](int64_t t) { fn(static_cast<int>(t)); });
-#endif
 }
 
 }  // namespace pagedkv::bench

@@ -143,8 +143,8 @@ void Run(FuzzedDataProvider& in) {
   const double tolerance = config.dtype == DType::kF32 ? 1e-5 : 2e-2;
   if (!(err <= tolerance * scale)) {
     std::fprintf(stderr,
-                 "head_dim %d block %d kv heads %d group %d dtype %s seqs %d scale %g window %d cap %g "
-                 "threads %d partition %d bf16 products %d: error %g of scale %g\n",
+                 "head_dim %d block %d kv heads %d group %d dtype %s seqs %d scale %g window %d "
+                 "cap %g threads %d partition %d bf16 products %d: error %g of scale %g\n",
                  config.head_dim, config.block_size, config.num_kv_heads, group,
                  std::string(DTypeName(config.dtype)).c_str(), num_seqs, options.scale,
                  options.sliding_window, options.soft_cap,
