@@ -246,6 +246,28 @@ TEST(AttentionTest, PartitionedLongContextsMatch) {
   }
 }
 
+// Head dims past the sweep's 256: 512 and 576 (the latent-attention decode of DeepSeek-style
+// models), and 1000, which the vdpbf16ps path cannot take (not a multiple of 8), on every target.
+TEST(AttentionTest, LargeHeadDimsMatchReference) {
+  ForEachTarget([&] {
+    for (int32_t head_dim : {512, 576, 1000}) {
+      for (DType dtype : {DType::kF32, DType::kBF16, DType::kF16}) {
+        Case c;
+        c.head_dim = head_dim;
+        c.group = 4;
+        c.num_kv_heads = 1;
+        c.dtype = dtype;
+        c.lengths = {70, 300};
+        c.q_lens = {1, 5};
+        c.options.num_threads = 2;
+        c.options.min_partition_tokens = 64;
+        ASSERT_LE(RunCase(c, static_cast<uint64_t>(head_dim)), Tolerance(dtype))
+            << "head_dim " << head_dim << " " << DTypeName(dtype);
+      }
+    }
+  });
+}
+
 // Shapes and options the sweeps above do not name, drawn at random: head dims that are not
 // multiples of 8 or 16 (the scalar tails, and the widening path where vdpbf16ps needs whole
 // 8-dim blocks), odd block sizes, GQA ratios up to 6, forks, windows, soft-caps, scales, and
