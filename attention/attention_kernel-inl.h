@@ -9,8 +9,9 @@
 //     padded with zero queries: vdpbf16ps on bf16 pairs (bf16_dot-inl.h), queries and
 //     probabilities rounded to bf16, f32 sums;
 //   - otherwise K and V rows are widened to f32 in registers, once per group of four queries.
-// The next block named by the block table is prefetched while this one is worked on: the
-// hardware prefetcher does not follow a jump to a scattered page.
+// K and V rows kLeadRows positions ahead are prefetched, row for row, while these are worked on,
+// across page boundaries: the hardware prefetcher does not follow a jump to a scattered page, nor
+// keep far enough ahead inside a large one.
 
 #if defined(PAGEDKV_ATTENTION_KERNEL_INL_H_) == defined(HWY_TARGET_TOGGLE)
 #ifdef PAGEDKV_ATTENTION_KERNEL_INL_H_
@@ -98,6 +99,16 @@ HWY_INLINE void SumOfFour(hn::Vec<DF> a0, hn::Vec<DF> a1, hn::Vec<DF> a2, hn::Ve
 // Queries are processed four at a time: one register-resident K or V chunk feeds four FMAs.
 constexpr size_t kQueryGroup = 4;
 
+// How far ahead of the row being read (in positions of the sequence) its K and V are fetched into
+// L1, row for row. With 16-token pages that is the same row of the next page named by the block
+// table, which the hardware prefetcher does not follow. Larger pages, and a contiguous cache (one
+// page per sequence), are fetched as far ahead inside the page and across into the next: before,
+// only the next page was fetched, and from DRAM (bf16, one thread) 128-token pages took 1.27x and
+// a contiguous cache 2.4x the time. 8, 32 or 64 rows ahead measured 1.05-1.26x, 0.94-1.11x and
+// 0.99-1.18x the time of 16 over those rows; earlier, 2-4 16-token pages ahead was 1.05-1.15x
+// and with f32 pages pushed the current ones out of L1.
+constexpr int64_t kLeadRows = 16;
+
 // Writes the four scores of key row k from its accumulators a[j] (q[j] . k over the first `full`
 // dims, lane by lane) plus the scalar tail of dims [full, D): scores[j * t_pad] = q[j] . k.
 template <typename T>
@@ -115,11 +126,12 @@ HWY_INLINE void FinishScores4(const float* HWY_RESTRICT q, const T* HWY_RESTRICT
 
 // scores[j][t] = q[j] . K[t] for the four queries of group q (rows of `scores` are t_pad long).
 // K rows are read from the page in the storage dtype and widened in registers, once per group.
-// Row t of the next page's K and V (next_k, next_v; null for none) is prefetched with row t.
+// Row t of lead_k and lead_v (the rows kLeadRows positions on; null for none) is prefetched with
+// row t.
 template <typename T>
 HWY_INLINE void Scores4(const float* HWY_RESTRICT q, const T* HWY_RESTRICT keys, size_t n_keys,
-                        size_t D, float* HWY_RESTRICT scores, size_t t_pad, const T* next_k,
-                        const T* next_v) {
+                        size_t D, float* HWY_RESTRICT scores, size_t t_pad, const T* lead_k,
+                        const T* lead_v) {
   const DF df;
   const size_t N = hn::Lanes(df);
   const size_t full = D / N * N;
@@ -128,7 +140,7 @@ HWY_INLINE void Scores4(const float* HWY_RESTRICT q, const T* HWY_RESTRICT keys,
     // 16-bit pages: two keys per pass, so each query chunk loaded feeds two FMAs (f16 decode
     // 0.92-0.94x the time; f32 pages, whose key loads are twice as wide, measured 1.07x).
     for (; t + 2 <= n_keys; t += 2) {
-      if (next_k != nullptr) PrefetchRows(next_k + t * D, next_v + t * D, 2 * D * sizeof(T));
+      if (lead_k != nullptr) PrefetchRows(lead_k + t * D, lead_v + t * D, 2 * D * sizeof(T));
       const T* HWY_RESTRICT k0 = keys + t * D;
       const T* HWY_RESTRICT k1 = k0 + D;
       hn::Vec<DF> a0[kQueryGroup], a1[kQueryGroup];
@@ -147,7 +159,7 @@ HWY_INLINE void Scores4(const float* HWY_RESTRICT q, const T* HWY_RESTRICT keys,
     }
   }
   for (; t < n_keys; ++t) {
-    if (next_k != nullptr) PrefetchRows(next_k + t * D, next_v + t * D, D * sizeof(T));
+    if (lead_k != nullptr) PrefetchRows(lead_k + t * D, lead_v + t * D, D * sizeof(T));
     const T* HWY_RESTRICT k = keys + t * D;
     hn::Vec<DF> a[kQueryGroup];
     for (size_t j = 0; j < kQueryGroup; ++j) a[j] = hn::Zero(df);
@@ -213,11 +225,11 @@ HWY_INLINE void Values4(const float* HWY_RESTRICT p, size_t t_pad, const T* HWY_
 // One query: scores[t] = q . K[t], two accumulators so the FMAs overlap. Prefetches as Scores4.
 template <typename T>
 HWY_INLINE void Scores1(const float* HWY_RESTRICT q, const T* HWY_RESTRICT keys, size_t n_keys,
-                        size_t D, float* HWY_RESTRICT scores, const T* next_k, const T* next_v) {
+                        size_t D, float* HWY_RESTRICT scores, const T* lead_k, const T* lead_v) {
   const DF df;
   const size_t N = hn::Lanes(df);
   for (size_t t = 0; t < n_keys; ++t) {
-    if (next_k != nullptr) PrefetchRows(next_k + t * D, next_v + t * D, D * sizeof(T));
+    if (lead_k != nullptr) PrefetchRows(lead_k + t * D, lead_v + t * D, D * sizeof(T));
     const T* HWY_RESTRICT k = keys + t * D;
     auto a0 = hn::Zero(df), a1 = hn::Zero(df);
     size_t c = 0;
@@ -354,6 +366,10 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
   const int64_t last_page = hi > lo ? (hi - 1) / bs : -1;
   // Pages per step: TouchAhead's distance.
   const int64_t ahead = std::max<int64_t>(1, step / bs);
+  // Positions the row-for-row prefetch runs ahead of the row being read: kLeadRows, or a whole
+  // number of pages when pages are smaller.
+  const int64_t lead = bs >= kLeadRows ? kLeadRows : kLeadRows / bs * bs;
+  const int64_t lead_pages = (lead + bs - 1) / bs;  // Pages on that the last rows' lead rows lie.
   for (int64_t t0 = lo, t1 = lo; t0 < hi; t0 = t1) {
     t1 = std::min(hi, (t0 / step + 1) * step);
     const int64_t b0 = t0 / bs;
@@ -364,54 +380,63 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
     for (int64_t b = b0; b <= b1; ++b) {
       const int64_t k0 = std::max(t0, b * bs);
       const int64_t k1 = std::min(t1, (b + 1) * bs);
-      const size_t row0 = static_cast<size_t>(k0 - b * bs) * D;
-      const T* keys = PageOf<T>(view, a.layer, false, table[b], it.kv_head) + row0;
-      const size_t n_page = static_cast<size_t>(k1 - k0);
-      const size_t col = static_cast<size_t>(k0 - t0);
-      // The next page named by the block table (the hardware prefetcher does not follow the
-      // jump) is fetched while this one is read, row for row. Further ahead was slower: bf16
-      // K and V 2, 3 or 4 pages ahead took 1.05-1.15x the time in L3 and from DRAM alike, and
-      // with f32 pages it pushed the current ones out of L1.
-      const T* next_k = b < last_page
-                            ? PageOf<T>(view, a.layer, false, table[b + 1], it.kv_head) + row0
-                            : nullptr;
       // The same page of the next step, whose first line TouchAhead fetches.
       const bool far = b + ahead <= last_page;
       const T* far_k =
           far ? PageOf<T>(view, a.layer, false, table[b + ahead], it.kv_head) : nullptr;
       const T* far_v =
           far ? PageOf<T>(view, a.layer, true, table[b + ahead], it.kv_head) : nullptr;
-      if constexpr (kDot) {
-        // V is fetched for the value pass, not with the keys: the value pass fetches each
-        // page's successor, and the keys of the step's last page fetch the step's first page
-        // (from row 0, so the rows stay inside it). Fetched with the keys, a 256-key step's V
-        // left L1 before it was read: 13% slower from DRAM, 3% in L3 (one thread). The
-        // widening path below keeps fetching V with the keys: split the same way, it measured
-        // slower (f32 1.16x, f16 without GQA 1.31x the time, L3).
-        const auto bits = [](const T* p) { return reinterpret_cast<const uint16_t*>(p); };
-        const T* values = PageOf<T>(view, a.layer, true, table[b], it.kv_head) + row0;
-        const T* first_v = b == b1 && b1 > b0
-                               ? PageOf<T>(view, a.layer, true, table[b0], it.kv_head)
-                               : nullptr;
-        s.pages.push_back(DotSegment{bits(keys), bits(values), n_page, col, bits(next_k),
-                                     bits(first_v), bits(far_k), bits(far_v)});
-      } else {
-        const T* next_v = b < last_page
-                              ? PageOf<T>(view, a.layer, true, table[b + 1], it.kv_head) + row0
-                              : nullptr;
-        TouchAhead(far_k, far_v);
-        // Only the first query group prefetches: the others read the same rows.
-        for (size_t j = 0; j < NQ4; j += kQueryGroup) {
-          Scores4(q_all + j * D, keys, n_page, D, scores_all + j * t_pad + col, t_pad,
-                  j == 0 ? next_k : nullptr, next_v);
-        }
-        for (size_t j = NQ4; j < NQ; ++j) {
-          Scores1(q_all + j * D, keys, n_page, D, scores_all + j * t_pad + col,
-                  j == 0 ? next_k : nullptr, next_v);
+      if constexpr (!kDot) TouchAhead(far_k, far_v);
+      // The page's rows are read in up to two parts, split where their lead rows move on to the
+      // next page named by the block table, so that each part's lead rows lie in one page.
+      const int64_t split = std::clamp((b + 1) * bs - lead, k0, k1);
+      for (int64_t p0 = k0, p1 = k0; p0 < k1; p0 = p1) {
+        p1 = p0 < split ? split : k1;
+        const size_t row0 = static_cast<size_t>(p0 - b * bs) * D;
+        const T* keys = PageOf<T>(view, a.layer, false, table[b], it.kv_head) + row0;
+        const size_t n_part = static_cast<size_t>(p1 - p0);
+        const size_t col = static_cast<size_t>(p0 - t0);
+        const int64_t tb = p0 < split ? b : b + lead_pages;  // The page of the lead rows.
+        const size_t lead_row0 = static_cast<size_t>(p0 + lead - tb * bs) * D;
+        const T* lead_k =
+            tb <= last_page ? PageOf<T>(view, a.layer, false, table[tb], it.kv_head) + lead_row0
+                            : nullptr;
+        const T* lead_v =
+            tb <= last_page ? PageOf<T>(view, a.layer, true, table[tb], it.kv_head) + lead_row0
+                            : nullptr;
+        if constexpr (kDot) {
+          const auto bits = [](const T* p) { return reinterpret_cast<const uint16_t*>(p); };
+          const T* values = PageOf<T>(view, a.layer, true, table[b], it.kv_head) + row0;
+          // The first part touches the pages a step ahead. (Filled in place: a copy of a
+          // DotSegment built field by field stalled on store forwarding, 1.04x the time in L3.)
+          const bool first = p0 == k0;
+          s.pages.push_back(DotSegment{bits(keys), bits(values), n_part, col, bits(lead_k),
+                                       bits(lead_v), nullptr, first ? bits(far_k) : nullptr,
+                                       first ? bits(far_v) : nullptr});
+        } else {
+          // Only the first query group prefetches: the others read the same rows.
+          for (size_t j = 0; j < NQ4; j += kQueryGroup) {
+            Scores4(q_all + j * D, keys, n_part, D, scores_all + j * t_pad + col, t_pad,
+                    j == 0 ? lead_k : nullptr, lead_v);
+          }
+          for (size_t j = NQ4; j < NQ; ++j) {
+            Scores1(q_all + j * D, keys, n_part, D, scores_all + j * t_pad + col,
+                    j == 0 ? lead_k : nullptr, lead_v);
+          }
         }
       }
     }
     if constexpr (kDot) {
+      // V is fetched for the value pass, not with the keys: the value pass fetches its lead
+      // rows, and the keys of the step's last part fetch the step's first V rows (instead of the
+      // value pass of the step before), as many as that part has. Fetched with the keys, a
+      // 256-key step's V left L1 before it was read: 13% slower from DRAM, 3% in L3 (one
+      // thread). The widening path above keeps fetching V with the keys: split the same way, it
+      // measured slower (f32 1.16x, f16 without GQA 1.31x the time, L3).
+      if (s.pages.size() > 1 && s.pages.front().n >= s.pages.back().n) {
+        s.pages.back().first_v = s.pages.front().values;
+        s.pages.back().lead_v = nullptr;
+      }
       DotScores(s.packed_q.data(), NS / 4, s.pages.data(), s.pages.size(), D, scores_all, t_pad);
     }
     for (size_t j = 0; j < NQ; ++j) {

@@ -53,16 +53,19 @@ inline void StoreDotValues(const float* HWY_RESTRICT acc, size_t D, float scale,
   }
 }
 
-// The rows of one page that a step reads, as DotScores and DotValues take them.
+// Rows of one page that a step reads, as DotScores and DotValues take them.
 struct DotSegment {
   const uint16_t* keys;    // bf16 bits, n rows of head_dim.
   const uint16_t* values;  // The same rows of V.
   size_t n;
   size_t col;  // Column of the first row in the step's score rows.
-  // Rows fetched into L1 while these keys are dotted, row for row (null: none): the same rows of
-  // the next page's K, and V rows the step's value product reads first (see AttendItemT).
-  const uint16_t* next_k = nullptr;
-  const uint16_t* next_v = nullptr;
+  // K and V rows kLeadRows positions on (in one page; null: none), fetched into L1 row for row:
+  // K while these keys are dotted, V while these values are summed.
+  const uint16_t* lead_k = nullptr;
+  const uint16_t* lead_v = nullptr;
+  // V rows fetched with these keys (null: none): the step's first, which its value pass reads
+  // first (see AttendItemT).
+  const uint16_t* first_v = nullptr;
   // The first line of the K and V pages one step ahead (null: none), touched once while this
   // page's values are summed (TouchAhead).
   const uint16_t* far_k = nullptr;
@@ -154,7 +157,7 @@ PAGEDKV_BF16_DOT_ATTR HWY_INLINE __m512 SumBlocksOfFour(__m512 a0, __m512 a1, __
 // 128-bit load per vdpbf16ps instead ran at a quarter of the instruction's peak (1.6-2.1
 // against 7.2 G/s, a standalone loop over keys in L1).
 //
-// The rows at next_k and next_v (DotSegment; null for none) are prefetched, spread over the
+// The rows at fetch_k and fetch_v (DotSegment; null for none) are prefetched, spread over the
 // chunks. One burst per page measured slower from DRAM (10 against 15 GB/s, one
 // thread): the prefetches queue behind the cache's few outstanding misses and stall the loop.
 //
@@ -163,8 +166,8 @@ template <size_t kD>
 PAGEDKV_BF16_DOT_ATTR HWY_INLINE __m512 DotScoresOfFour(const uint16_t* HWY_RESTRICT pack,
                                                         const uint16_t* HWY_RESTRICT keys,
                                                         size_t rows, size_t run_time_D,
-                                                        const uint16_t* next_k,
-                                                        const uint16_t* next_v) {
+                                                        const uint16_t* fetch_k,
+                                                        const uint16_t* fetch_v) {
   const size_t D = kD != 0 ? kD : run_time_D;
   const size_t chunks = DotChunks(D);
   const uint16_t* row[4];
@@ -177,9 +180,9 @@ PAGEDKV_BF16_DOT_ATTR HWY_INLINE __m512 DotScoresOfFour(const uint16_t* HWY_REST
     for (int r = 0; r < 4; ++r) a[k][r] = _mm512_setzero_ps();
   }
   for (size_t c = 0; c < chunks; ++c) {
-    if ((next_k != nullptr || next_v != nullptr) && c * prefetch_step < rows_bytes) {
+    if ((fetch_k != nullptr || fetch_v != nullptr) && c * prefetch_step < rows_bytes) {
       const size_t off = c * prefetch_step;
-      PrefetchRows(BytesAhead(next_k, off), BytesAhead(next_v, off),
+      PrefetchRows(BytesAhead(fetch_k, off), BytesAhead(fetch_v, off),
                    std::min(prefetch_step, rows_bytes - off));
     }
     const size_t dims = D - 32 * c < 32 ? D - 32 * c : 32;
@@ -218,9 +221,9 @@ PAGEDKV_BF16_DOT_ATTR HWY_INLINE void DotScoresOfGroup(const uint16_t* HWY_RESTR
                                                        float* HWY_RESTRICT scores, size_t t_pad,
                                                        bool first_group) {
   const uint16_t* rows = page.keys;
-  // Prefetch the next page only for the first query group: the others read the same rows.
-  const uint16_t* next_k = first_group ? page.next_k : nullptr;
-  const uint16_t* next_v = first_group ? page.next_v : nullptr;
+  // Prefetch only for the first query group: the others read the same rows.
+  const uint16_t* fetch_k = first_group ? page.lead_k : nullptr;
+  const uint16_t* fetch_v = first_group ? page.first_v : nullptr;
   const auto at = [D](const uint16_t* p, size_t t) { return p == nullptr ? p : p + t * D; };
   size_t t = 0;
   for (; t + 16 <= page.n; t += 16) {
@@ -228,7 +231,7 @@ PAGEDKV_BF16_DOT_ATTR HWY_INLINE void DotScoresOfGroup(const uint16_t* HWY_RESTR
     __m512 v[4];
     for (size_t i = 0; i < 4; ++i) {
       const size_t t4 = t + 4 * i;
-      v[i] = DotScoresOfFour<kD>(pack, rows + t4 * D, 4, D, at(next_k, t4), at(next_v, t4));
+      v[i] = DotScoresOfFour<kD>(pack, rows + t4 * D, 4, D, at(fetch_k, t4), at(fetch_v, t4));
     }
     const __m512 v0 = v[0], v1 = v[1], v2 = v[2], v3 = v[3];
     // Transpose the 4x4 blocks: block j of v_i becomes block i of the row of query j.
@@ -241,7 +244,7 @@ PAGEDKV_BF16_DOT_ATTR HWY_INLINE void DotScoresOfGroup(const uint16_t* HWY_RESTR
   }
   for (; t < page.n; t += 4) {
     const size_t n = page.n - t < 4 ? page.n - t : 4;
-    const __m512 v = DotScoresOfFour<kD>(pack, rows + t * D, n, D, at(next_k, t), at(next_v, t));
+    const __m512 v = DotScoresOfFour<kD>(pack, rows + t * D, n, D, at(fetch_k, t), at(fetch_v, t));
     alignas(64) float lanes[16];
     _mm512_store_ps(lanes, v);
     for (size_t j = 0; j < 4; ++j) {
@@ -347,8 +350,8 @@ PAGEDKV_BF16_DOT_ATTR HWY_INLINE void DotValuesTwoRows(const uint16_t* HWY_RESTR
 }
 
 // acc[j] += sum_t p[j][t] V[t] over dims [c0, c0 + 32 * kChunks) for the four queries of a group,
-// two keys per vdpbf16ps. With `prefetch`, each page's successor in the step is fetched into L1
-// row for row (the keys' pass fetched the first page), and the pages a step ahead are touched.
+// two keys per vdpbf16ps. With `prefetch`, each segment's lead V rows are fetched into L1 row for
+// row, and the pages a step ahead are touched.
 template <int kChunks>
 PAGEDKV_BF16_DOT_ATTR HWY_INLINE void DotValuesPass(const uint16_t* HWY_RESTRICT p, size_t t_pad,
                                                     const DotSegment* pages, size_t num_pages,
@@ -370,13 +373,11 @@ PAGEDKV_BF16_DOT_ATTR HWY_INLINE void DotValuesPass(const uint16_t* HWY_RESTRICT
     const uint16_t* rows = pages[s].values + c0;
     const uint16_t* probs = p + pages[s].col;
     const size_t n = pages[s].n;
-    const DotSegment* next = prefetch && s + 1 < num_pages ? &pages[s + 1] : nullptr;
+    const uint16_t* lead = prefetch ? pages[s].lead_v : nullptr;
     if (prefetch) TouchAhead(pages[s].far_k, pages[s].far_v);
     size_t t = 0;
     for (; t + 2 <= n; t += 2) {
-      if (next != nullptr && t < next->n) {
-        PrefetchRows(next->values + t * D, nullptr, (t + 1 < next->n ? 2 : 1) * row_bytes);
-      }
+      if (lead != nullptr) PrefetchRows(lead + t * D, nullptr, 2 * row_bytes);
       DotValuesTwoRows<kChunks, true>(rows + t * D, probs + t, t_pad, D, valid, a);
     }
     if (t < n) DotValuesTwoRows<kChunks, false>(rows + t * D, probs + t, t_pad, D, valid, a);
