@@ -257,14 +257,16 @@ BENCHMARK(BM_StreamRead)
     ->ArgsProduct({{8 << 20, 16 << 20, 128 << 20, 256 << 20}, {1, 2}})
     ->UseRealTime();
 
-// Paged decode's access pattern without its arithmetic: 4 KiB pages (16 bf16 rows of 128) of a
-// huge-page arena read in random order, the next one prefetched, split over the threads. Its
-// bytes/s against BM_StreamRead's is what scattering pages costs the memory system itself.
+// Paged decode's access pattern without its arithmetic: runs of `kib` KiB of a huge-page arena
+// read in random order, the next one prefetched, split over the threads. 4 KiB is one KV head's
+// page of 16 bf16 rows of 128, as the decode rows read them; 32 KiB is a whole 16-token block of
+// 8 KV heads (or one head's 128-token page). Its bytes/s against BM_StreamRead's is what
+// scattering costs the memory system itself.
 void BM_ScatteredPageRead(benchmark::State& state) {
   const size_t bytes = static_cast<size_t>(state.range(0));
   const int threads = static_cast<int>(state.range(1));
-  constexpr size_t kPageFloats = 1024;
-  const size_t pages = bytes / (kPageFloats * sizeof(float));
+  const size_t page_floats = static_cast<size_t>(state.range(2)) * 1024 / sizeof(float);
+  const size_t pages = bytes / (page_floats * sizeof(float));
   // As the cache's arena: 2 MiB aligned, huge pages advised before the first write.
   constexpr size_t kHuge = size_t{2} << 20;
   std::unique_ptr<float, decltype(&std::free)> buffer(
@@ -281,16 +283,16 @@ void BM_ScatteredPageRead(benchmark::State& state) {
   for (auto _ : state) {
     internal::ParallelFor(threads, threads, [&](int64_t i) {
       const auto t = static_cast<size_t>(i);
-      sums[t] = PageSum(base, order.data() + per * t, per, kPageFloats);
+      sums[t] = PageSum(base, order.data() + per * t, per, page_floats);
     });
     benchmark::DoNotOptimize(sums.data());
   }
   state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(per * threads) *
-                          static_cast<int64_t>(kPageFloats * sizeof(float)));
+                          static_cast<int64_t>(page_floats * sizeof(float)));
 }
 BENCHMARK(BM_ScatteredPageRead)
-    ->ArgNames({"bytes", "threads"})
-    ->ArgsProduct({{8 << 20, 256 << 20}, {1, 2}})
+    ->ArgNames({"bytes", "threads", "kib"})
+    ->ArgsProduct({{8 << 20, 256 << 20}, {1, 2}, {4, 32}})
     ->UseRealTime();
 
 // Prefill of `new` tokens on `cached` ones, one sequence: FLOPs of QK^T and PV, causal.
