@@ -172,7 +172,7 @@ PAGEDKV_BF16_DOT_ATTR HWY_INLINE __m512 DotScoresOfFour(const uint16_t* HWY_REST
   const size_t chunks = DotChunks(D);
   const uint16_t* row[4];
   for (size_t k = 0; k < 4; ++k) row[k] = keys + (k < rows ? k : rows - 1) * D;
-  // Bytes of the next page's rows to prefetch per chunk, in whole lines.
+  // Bytes of the fetched rows to prefetch per chunk, in whole lines.
   const size_t rows_bytes = rows * D * sizeof(uint16_t);
   const size_t prefetch_step = (rows_bytes / chunks + 63) / 64 * 64;
   __m512 a[4][4];
