@@ -104,7 +104,7 @@ constexpr size_t kQueryGroup = 4;
 // table, which the hardware prefetcher does not follow. Larger pages, and a contiguous cache (one
 // page per sequence), are fetched as far ahead inside the page and across into the next: before,
 // only the next page was fetched, and from DRAM (bf16, one thread) 128-token pages took 1.27x and
-// a contiguous cache 2.4x the time. 8, 32 or 64 rows ahead measured 1.05-1.26x, 0.94-1.11x and
+// a contiguous cache 2.4x the time. 8, 32 or 64 rows ahead measured 0.99-1.26x, 0.94-1.11x and
 // 0.99-1.18x the time of 16 over those rows; earlier, 2-4 16-token pages ahead was 1.05-1.15x
 // and with f32 pages pushed the current ones out of L1.
 constexpr int64_t kLeadRows = 16;

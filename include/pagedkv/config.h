@@ -35,9 +35,9 @@ struct CacheConfig {
 
   // Token positions per block. Small blocks waste less at each sequence's tail and share
   // prefixes at a finer grain; large ones make block tables shorter and let decode attention read
-  // K/V in longer runs. On a Zen 5 core with K/V coming from DRAM (bf16, head dim 128), 128-token
-  // pages decoded 1.2x as fast as 16-token ones, while 32 and 64 were no faster; in L3 they were
-  // 1.10x as fast (bench: BM_DecodePageSize). 16 is the usual trade-off.
+  // K/V in longer runs. On a Zen 5 core (bf16, head dim 128), 128-token pages decoded 1.2x as
+  // fast as 16-token ones with K/V coming from DRAM and 1.1x in L3; 32 and 64 were no faster from
+  // DRAM and 1.05x in L3 (bench: BM_DecodePageSize). 16 is the usual trade-off.
   int32_t block_size = 16;
 
   // Storage dtype of K and V. bf16 halves memory against f32 at about 3 significant digits.
