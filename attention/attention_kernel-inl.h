@@ -369,7 +369,8 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
   // Positions the row-for-row prefetch runs ahead of the row being read: kLeadRows, or a whole
   // number of pages when pages are smaller.
   const int64_t lead = bs >= kLeadRows ? kLeadRows : kLeadRows / bs * bs;
-  const int64_t lead_pages = (lead + bs - 1) / bs;  // Pages on that the last rows' lead rows lie.
+  // How many pages on the lead rows of a page's last part lie.
+  const int64_t lead_pages = (lead + bs - 1) / bs;
   for (int64_t t0 = lo, t1 = lo; t0 < hi; t0 = t1) {
     t1 = std::min(hi, (t0 / step + 1) * step);
     const int64_t b0 = t0 / bs;
