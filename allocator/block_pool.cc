@@ -10,6 +10,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "allocator/arena.h"
+#include "pagedkv/dtype.h"
 
 #if defined(__SANITIZE_ADDRESS__)
 #define PAGEDKV_ASAN 1
@@ -42,11 +43,12 @@ BlockPool::BlockPool(const CacheConfig& config, int32_t num_blocks, std::byte* a
                      int64_t arena_bytes)
     : config_(config),
       num_blocks_(num_blocks),
-      block_bytes_(config.BlockBytesPerLayer()),
+      page_bytes_(int64_t{config.block_size} * config.head_dim * DTypeSize(config.dtype)),
       arena_(arena),
       arena_bytes_(arena_bytes),
       ref_count_(static_cast<size_t>(num_blocks), 0),
       state_(static_cast<size_t>(num_blocks), State::kFree),
+      free_pos_(static_cast<size_t>(num_blocks), -1),
       lru_prev_(static_cast<size_t>(num_blocks), kNoBlock),
       lru_next_(static_cast<size_t>(num_blocks), kNoBlock),
       cached_(static_cast<size_t>(num_blocks)),
@@ -54,9 +56,29 @@ BlockPool::BlockPool(const CacheConfig& config, int32_t num_blocks, std::byte* a
   free_stack_.reserve(static_cast<size_t>(num_blocks));
   // Block 0 on top: a fresh pool hands out ids in increasing order.
   for (BlockId b = num_blocks - 1; b >= 0; --b) {
-    free_stack_.push_back(b);
+    PushFree(b);
     PoisonPages(b, true);
   }
+}
+
+void BlockPool::PushFree(BlockId b) {
+  free_pos_[Index(b)] = static_cast<int32_t>(free_stack_.size());
+  free_stack_.push_back(b);
+}
+
+void BlockPool::RemoveFree(BlockId b) {
+  const size_t at = static_cast<size_t>(free_pos_[Index(b)]);
+  const BlockId top = free_stack_.back();
+  free_stack_[at] = top;
+  free_pos_[Index(top)] = static_cast<int32_t>(at);
+  free_stack_.pop_back();
+  free_pos_[Index(b)] = -1;
+  PoisonPages(b, false);
+}
+
+void BlockPool::MarkUsed(BlockId b) {
+  state_[Index(b)] = State::kUsed;
+  ref_count_[Index(b)] = 1;
 }
 
 void BlockPool::PoisonPages([[maybe_unused]] BlockId b, [[maybe_unused]] bool poison) const {
@@ -64,10 +86,12 @@ void BlockPool::PoisonPages([[maybe_unused]] BlockId b, [[maybe_unused]] bool po
   if (arena_ == nullptr) return;
   for (int32_t layer = 0; layer < config_.num_layers; ++layer) {
     for (bool is_value : {false, true}) {
-      if (poison) {
-        ASAN_POISON_MEMORY_REGION(BlockData(layer, is_value, b), block_bytes_);
-      } else {
-        ASAN_UNPOISON_MEMORY_REGION(BlockData(layer, is_value, b), block_bytes_);
+      for (int32_t h = 0; h < config_.num_kv_heads; ++h) {
+        if (poison) {
+          ASAN_POISON_MEMORY_REGION(PageData(layer, is_value, b, h), page_bytes_);
+        } else {
+          ASAN_UNPOISON_MEMORY_REGION(PageData(layer, is_value, b, h), page_bytes_);
+        }
       }
     }
   }
@@ -95,8 +119,7 @@ BlockId BlockPool::TryAllocate() {
   BlockId b;
   if (!free_stack_.empty()) {
     b = free_stack_.back();
-    free_stack_.pop_back();
-    PoisonPages(b, false);
+    RemoveFree(b);
   } else if (lru_head_ != kNoBlock) {
     b = lru_head_;
     LruUnlink(b);
@@ -105,9 +128,29 @@ BlockId BlockPool::TryAllocate() {
   } else {
     return kNoBlock;
   }
-  state_[Index(b)] = State::kUsed;
-  ref_count_[Index(b)] = 1;
+  MarkUsed(b);
   return b;
+}
+
+BlockId BlockPool::TryAllocateAfter(BlockId prev) {
+  const BlockId next = prev + 1;
+  if (prev == kNoBlock || next >= num_blocks_) return TryAllocate();
+  switch (state_[Index(next)]) {
+    case State::kFree:
+      RemoveFree(next);
+      break;
+    case State::kEvictable:
+      // Evicted only where an eviction is due anyway: a free block is taken before any cached one.
+      if (!free_stack_.empty()) return TryAllocate();
+      LruUnlink(next);
+      DropKey(next);
+      ++evictions_;
+      break;
+    case State::kUsed:
+      return TryAllocate();
+  }
+  MarkUsed(next);
+  return next;
 }
 
 void BlockPool::Acquire(BlockId b) {
@@ -125,7 +168,7 @@ void BlockPool::Release(BlockId b) {
     LruPushBack(b);
   } else {
     state_[Index(b)] = State::kFree;
-    free_stack_.push_back(b);
+    PushFree(b);
     PoisonPages(b, true);
   }
 }
@@ -184,18 +227,16 @@ void BlockPool::LruUnlink(BlockId b) {
 }
 
 void BlockPool::CopySlots(BlockId src, BlockId dst, int32_t num_slots) {
-  const int32_t bs = config_.block_size;
   std::memcpy(tokens(dst), tokens(src), static_cast<size_t>(num_slots) * sizeof(int32_t));
   if (arena_ == nullptr) return;
-  const size_t row_bytes = static_cast<size_t>(config_.head_dim) * DTypeSize(config_.dtype);
-  const size_t head_bytes = static_cast<size_t>(bs) * row_bytes;
-  const size_t copy_bytes = static_cast<size_t>(num_slots) * row_bytes;
+  const size_t copy_bytes =
+      static_cast<size_t>(num_slots) * static_cast<size_t>(config_.head_dim) *
+      DTypeSize(config_.dtype);
   for (int32_t layer = 0; layer < config_.num_layers; ++layer) {
     for (bool is_value : {false, true}) {
-      const std::byte* from = BlockData(layer, is_value, src);
-      std::byte* to = BlockData(layer, is_value, dst);
       for (int32_t h = 0; h < config_.num_kv_heads; ++h) {
-        std::memcpy(to + h * head_bytes, from + h * head_bytes, copy_bytes);
+        std::memcpy(PageData(layer, is_value, dst, h), PageData(layer, is_value, src, h),
+                    copy_bytes);
       }
     }
   }
@@ -209,7 +250,7 @@ void BlockPool::Reset() {
     state_[Index(b)] = State::kFree;
     ref_count_[Index(b)] = 0;
     lru_prev_[Index(b)] = lru_next_[Index(b)] = kNoBlock;
-    free_stack_.push_back(b);
+    PushFree(b);
     PoisonPages(b, true);
   }
   lru_head_ = lru_tail_ = kNoBlock;
@@ -236,10 +277,15 @@ absl::Status BlockPool::CheckInvariants(absl::Span<const int32_t> expected_ref_c
                 num_blocks_, " blocks");
   }
   std::vector<uint8_t> seen(Index(num_blocks_), 0);
-  for (BlockId b : free_stack_) {
+  for (size_t at = 0; at < free_stack_.size(); ++at) {
+    const BlockId b = free_stack_[at];
     if (b < 0 || b >= num_blocks_) return fail("free stack holds out-of-range block ", b);
     if (seen[Index(b)]++ != 0) return fail("block ", b, " is on the free stack twice");
     if (state_[Index(b)] != State::kFree) return fail("block ", b, " on the free stack is not free");
+    if (free_pos_[Index(b)] != static_cast<int32_t>(at)) {
+      return fail("free block ", b, " is at ", at, " on the free stack but its index says ",
+                  free_pos_[Index(b)]);
+    }
   }
   int32_t lru_count = 0;
   BlockId prev = kNoBlock;

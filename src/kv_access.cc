@@ -29,8 +29,8 @@ std::byte* PagedKvCache::Row(const Sequence& seq, int32_t layer, bool is_value, 
                              int32_t kv_head) const {
   const CacheConfig& config = pool_->config();
   const BlockId b = seq.blocks[static_cast<size_t>(pos / block_size_)];
-  const int64_t row = int64_t{kv_head} * block_size_ + pos % block_size_;
-  return pool_->BlockData(layer, is_value, b) + row * config.head_dim * DTypeSize(config.dtype);
+  return pool_->PageData(layer, is_value, b, kv_head) +
+         pos % block_size_ * config.head_dim * DTypeSize(config.dtype);
 }
 
 void PagedKvCache::WriteRows(const Sequence& seq, int32_t layer, int64_t start, int64_t n,
@@ -162,10 +162,10 @@ absl::StatusOr<PagedKvView> PagedKvCache::MakeView(absl::Span<const SeqId> seqs,
   const CacheConfig& config = pool_->config();
   PagedKvView view;
   view.arena = pool_->arena();
-  view.block_stride_bytes = pool_->block_bytes_per_layer();
-  view.pool_stride_bytes = view.block_stride_bytes * pool_->num_blocks();
   view.row_stride_bytes = int64_t{config.head_dim} * DTypeSize(config.dtype);
-  view.head_stride_bytes = view.row_stride_bytes * config.block_size;
+  view.block_stride_bytes = pool_->page_bytes();
+  view.head_stride_bytes = view.block_stride_bytes * pool_->num_blocks();
+  view.pool_stride_bytes = view.head_stride_bytes * config.num_kv_heads;
   view.num_layers = config.num_layers;
   view.num_kv_heads = config.num_kv_heads;
   view.head_dim = config.head_dim;

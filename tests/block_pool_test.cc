@@ -29,6 +29,14 @@ class PoolFixture : public ::testing::Test {
     Check();
     return *b;
   }
+  BlockId AllocAfter(BlockId prev) {
+    const BlockId b = pool_->TryAllocateAfter(prev);
+    EXPECT_NE(b, kNoBlock);
+    if (b == kNoBlock) return b;
+    ++refs_[static_cast<size_t>(b)];
+    Check();
+    return b;
+  }
   void Acquire(BlockId b) {
     pool_->Acquire(b);
     ++refs_[static_cast<size_t>(b)];
@@ -142,19 +150,56 @@ TEST_F(PoolFixture, RevivedBlockMovesToMostRecentEnd) {
   EXPECT_EQ(pool_->Lookup(1), a);
 }
 
+TEST_F(PoolFixture, AllocateAfterTakesTheNextBlockWhereItMay) {
+  Make(test::SmallConfig(4, 6));
+  std::vector<BlockId> all;
+  for (int i = 0; i < 6; ++i) all.push_back(Alloc());  // 0 .. 5 in order.
+  ASSERT_EQ(all, (std::vector<BlockId>{0, 1, 2, 3, 4, 5}));
+  ASSERT_TRUE(pool_->Register(3, 30, 0, 0));
+  Release(2);
+  Release(4);
+  Release(1);  // Free stack, top first: 1 4 2.
+  EXPECT_EQ(AllocAfter(3), 4) << "free, from the middle of the free stack";
+  EXPECT_EQ(AllocAfter(5), 1) << "the last block has no next: the top of the stack";
+  EXPECT_EQ(AllocAfter(kNoBlock), 2);
+  Release(3);  // Cached: evictable.
+  Release(5);  // Free.
+  EXPECT_EQ(AllocAfter(2), 5) << "3 is evictable but a block is free: nothing is evicted";
+  EXPECT_EQ(pool_->Lookup(30), 3);
+  EXPECT_EQ(AllocAfter(2), 3) << "nothing free: the evictable next block goes";
+  EXPECT_EQ(pool_->Lookup(30), kNoBlock);
+  EXPECT_EQ(pool_->stats().evictions, 1);
+  EXPECT_EQ(pool_->TryAllocateAfter(0), kNoBlock);
+  Check();
+}
+
+TEST_F(PoolFixture, AllocateAfterFallsBackToTheLeastRecentlyUsed) {
+  Make(test::SmallConfig(4, 4));
+  for (int i = 0; i < 4; ++i) Alloc();
+  ASSERT_TRUE(pool_->Register(0, 10, 0, 0));
+  ASSERT_TRUE(pool_->Register(2, 20, 0, 0));
+  Release(2);
+  Release(0);  // LRU: 2, 0. Block 1 (next after 0) is used.
+  EXPECT_EQ(AllocAfter(0), 2);
+  EXPECT_EQ(pool_->Lookup(10), 0);
+  Check();
+}
+
 TEST_F(PoolFixture, CopySlotsCopiesOnlyThePrefixOfEachPage) {
   CacheConfig config = test::SmallConfig(4, 4, DType::kF32);
   Make(config);
   const BlockId src = Alloc();
   const BlockId dst = Alloc();
-  const int64_t floats = pool_->block_bytes_per_layer() / 4;
+  const int64_t floats = pool_->page_bytes() / 4;
   for (int32_t layer = 0; layer < config.num_layers; ++layer) {
     for (bool v : {false, true}) {
-      auto* s = reinterpret_cast<float*>(pool_->BlockData(layer, v, src));
-      auto* d = reinterpret_cast<float*>(pool_->BlockData(layer, v, dst));
-      for (int64_t i = 0; i < floats; ++i) {
-        s[i] = static_cast<float>(i + 1000 * layer + (v ? 500 : 0));
-        d[i] = -1.0f;
+      for (int32_t h = 0; h < config.num_kv_heads; ++h) {
+        auto* s = reinterpret_cast<float*>(pool_->PageData(layer, v, src, h));
+        auto* d = reinterpret_cast<float*>(pool_->PageData(layer, v, dst, h));
+        for (int64_t i = 0; i < floats; ++i) {
+          s[i] = static_cast<float>(i + 1000 * layer + 100 * h + (v ? 500 : 0));
+          d[i] = -1.0f;
+        }
       }
     }
   }
@@ -163,18 +208,50 @@ TEST_F(PoolFixture, CopySlotsCopiesOnlyThePrefixOfEachPage) {
   for (int i = 0; i < 3; ++i) EXPECT_EQ(pool_->tokens(dst)[i], 10 + i);
   for (int32_t layer = 0; layer < config.num_layers; ++layer) {
     for (bool v : {false, true}) {
-      const auto* s = reinterpret_cast<const float*>(pool_->BlockData(layer, v, src));
-      const auto* d = reinterpret_cast<const float*>(pool_->BlockData(layer, v, dst));
       for (int32_t h = 0; h < config.num_kv_heads; ++h) {
+        const auto* s = reinterpret_cast<const float*>(pool_->PageData(layer, v, src, h));
+        const auto* d = reinterpret_cast<const float*>(pool_->PageData(layer, v, dst, h));
         for (int32_t slot = 0; slot < config.block_size; ++slot) {
           for (int32_t e = 0; e < config.head_dim; ++e) {
-            const int64_t i = (h * config.block_size + slot) * config.head_dim + e;
+            const int64_t i = int64_t{slot} * config.head_dim + e;
             EXPECT_EQ(d[i], slot < 3 ? s[i] : -1.0f) << layer << " " << v << " " << h << " " << slot;
           }
         }
       }
     }
   }
+}
+
+// Every (layer, K or V, block, kv head) page lies inside the arena, no two overlap, together they
+// fill it, and a head's pages of consecutive blocks are adjacent (so block runs read as one).
+TEST_F(PoolFixture, PagesTileTheArenaWithEachHeadsBlocksAdjacent) {
+  CacheConfig config = test::SmallConfig(4, 6, DType::kBF16);
+  config.num_layers = 3;
+  config.num_kv_heads = 3;
+  Make(config);
+  const std::byte* arena = pool_->arena();
+  const int64_t page = pool_->page_bytes();
+  ASSERT_EQ(page, int64_t{config.block_size} * config.head_dim * 2);
+  const int64_t pages = pool_->stats().arena_bytes / page;
+  ASSERT_EQ(pages, 2 * int64_t{config.num_layers} * config.num_kv_heads * pool_->num_blocks());
+  std::vector<int> hits(static_cast<size_t>(pages), 0);
+  for (int32_t layer = 0; layer < config.num_layers; ++layer) {
+    for (bool v : {false, true}) {
+      for (int32_t h = 0; h < config.num_kv_heads; ++h) {
+        for (BlockId b = 0; b < pool_->num_blocks(); ++b) {
+          const int64_t offset = pool_->PageData(layer, v, b, h) - arena;
+          ASSERT_EQ(offset % page, 0) << layer << " " << v << " " << h << " " << b;
+          ASSERT_GE(offset, 0);
+          ASSERT_LT(offset / page, pages);
+          ++hits[static_cast<size_t>(offset / page)];
+          if (b > 0) {
+            EXPECT_EQ(pool_->PageData(layer, v, b - 1, h) + page, arena + offset);
+          }
+        }
+      }
+    }
+  }
+  for (int64_t i = 0; i < pages; ++i) EXPECT_EQ(hits[static_cast<size_t>(i)], 1) << "page " << i;
 }
 
 TEST_F(PoolFixture, MetadataOnlyHasNoArena) {
