@@ -172,9 +172,17 @@ absl::StatusOr<int64_t> PagedKvCache::PlanReserve(SeqId id, const Sequence& seq,
   return new_blocks + (copy_tail ? 1 : 0);
 }
 
-void PagedKvCache::AllocateBlocks(int64_t n, std::vector<BlockId>* out) {
+void PagedKvCache::AllocateBlocks(absl::Span<Sequence* const> seqs, std::vector<BlockId>* out) {
   out->clear();
-  for (int64_t i = 0; i < n; ++i) out->push_back(pool_->TryAllocate());
+  for (Sequence* s : seqs) {
+    // A tail copy, when planned, comes first and lands after the tail instead of in its place:
+    // one run broken per copy-on-write.
+    BlockId last = s->blocks.empty() ? kNoBlock : s->blocks.back();
+    for (int64_t i = 0; i < s->planned_blocks; ++i) {
+      last = pool_->TryAllocateAfter(last);
+      out->push_back(last);
+    }
+  }
 }
 
 void PagedKvCache::CommitReserve(Sequence& seq, int64_t num_tokens,
@@ -300,6 +308,7 @@ absl::Status PagedKvCache::PlanBatch(absl::Span<const ReserveRequest> requests, 
     s->batch_stamp = stamp;
     absl::StatusOr<int64_t> blocks = PlanReserve(r.seq, *s, r.num_tokens, r.tokens);
     if (!blocks.ok()) return blocks.status();
+    s->planned_blocks = *blocks;
     *needed += *blocks;
     seqs->push_back(s);
   }
@@ -328,7 +337,7 @@ std::optional<absl::Status> PagedKvCache::ReserveBatchShared(
   {
     std::lock_guard pool_lock(pool_mu_);
     if (needed > pool_->num_available()) return NotEnoughBlocksForBatch(requests, needed);
-    AllocateBlocks(needed, &fresh);
+    AllocateBlocks(seqs, &fresh);
   }
   absl::Span<const BlockId> blocks(fresh);
   for (size_t i = 0; i < requests.size(); ++i) {
@@ -344,7 +353,7 @@ absl::Status PagedKvCache::ReserveBatchLocked(absl::Span<const ReserveRequest> r
     return s;
   }
   if (needed > pool_->num_available()) return NotEnoughBlocksForBatch(requests, needed);
-  AllocateBlocks(needed, &fresh_scratch_);
+  AllocateBlocks(batch_scratch_, &fresh_scratch_);
   absl::Span<const BlockId> blocks(fresh_scratch_);
   for (size_t i = 0; i < requests.size(); ++i) {
     CommitReserve(*batch_scratch_[i], requests[i].num_tokens, requests[i].tokens, blocks);
@@ -517,6 +526,7 @@ CacheStats PagedKvCache::Stats() const {
     stats.logical_tokens += s.length;
     entries += static_cast<int64_t>(s.blocks.size());
     for (size_t i = 0; i < s.blocks.size(); ++i) {
+      if (i == 0 || s.blocks[i] != s.blocks[i - 1] + 1) ++stats.table_runs;
       const int32_t f = static_cast<int32_t>(std::min<int64_t>(bs, s.length - int64_t(i) * bs));
       if (pool_->ref_count(s.blocks[i]) == 1) {
         stats.physical_tokens += f;
@@ -531,6 +541,7 @@ CacheStats PagedKvCache::Stats() const {
   stats.utilization = slots > 0 ? static_cast<double>(stats.physical_tokens) / slots : 0.0;
   stats.tail_waste_tokens = slots - stats.physical_tokens;
   stats.blocks_saved_by_sharing = entries - stats.pool.used_blocks;
+  stats.table_entries = entries;
   stats.prefix_queries = prefix_queries_;
   stats.prefix_hits = prefix_hits_;
   stats.prefix_query_tokens = prefix_query_tokens_;

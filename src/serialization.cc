@@ -189,7 +189,9 @@ absl::StatusOr<SeqId> PagedKvCache::Restore(absl::string_view payload) {
     std::memcpy(tokens.data(), payload.data() + offset, static_cast<size_t>(token_bytes));
     offset += token_bytes;
   }
-  AllocateBlocks(blocks, &fresh_scratch_);
+  s.planned_blocks = blocks;
+  Sequence* const restored = &s;
+  AllocateBlocks(absl::MakeConstSpan(&restored, 1), &fresh_scratch_);
   absl::Span<const BlockId> fresh(fresh_scratch_);
   CommitReserve(s, length, tokens, fresh);
   if (length > 0 && !has_tokens) s.tokens_known = false;

@@ -380,6 +380,42 @@ TEST_F(CacheTest, StatsCountWasteAndSharing) {
   EXPECT_EQ(st.blocks_saved_by_sharing, 2);
 }
 
+// Runs of consecutive block ids (decode streams a run as one array): a growing sequence takes
+// the block after its last one where that one is free.
+TEST_F(CacheTest, StatsCountTableRunsAndSequencesGrowIntoTheNextBlock) {
+  Make(SmallConfig(4, 16));
+  const SeqId a = NewSeq();
+  PKV_ASSERT_OK(cache_->Reserve(a, 12));  // Blocks 0, 1, 2.
+  const SeqId b = NewSeq();
+  PKV_ASSERT_OK(cache_->Reserve(b, 4));   // Block 3.
+  PKV_ASSERT_OK(cache_->Reserve(a, 1));   // Block 4: a is [0 1 2][4].
+  Check();
+  CacheStats st = cache_->Stats();
+  EXPECT_EQ(st.table_entries, 5);
+  EXPECT_EQ(st.table_runs, 3);
+  PKV_ASSIGN_OR_FAIL(const SeqId fork, cache_->Fork(a));  // Its table has a's two runs.
+  st = cache_->Stats();
+  EXPECT_EQ(st.table_entries, 9);
+  EXPECT_EQ(st.table_runs, 5);
+  Check();
+  // The free stack's top is now 0 1 2 4 (the fork's, which were a's, deepest first), then 3
+  // (b's). c takes 0 from the top, then grows into 1, 2, 3 and 4 though 4 is above 3.
+  PKV_ASSERT_OK(cache_->Free(b));
+  PKV_ASSERT_OK(cache_->Free(a));
+  PKV_ASSERT_OK(cache_->Free(fork));
+  const SeqId c = NewSeq();
+  PKV_ASSERT_OK(cache_->Reserve(c, 17));
+  PKV_ASSERT_OK(cache_->Reserve(c, 3));
+  PagedKvViewStorage storage;
+  PKV_ASSIGN_OR_FAIL(PagedKvView view, cache_->MakeView({c}, &storage));
+  EXPECT_EQ(std::vector<BlockId>(view.BlockTable(0), view.BlockTable(0) + 5),
+            (std::vector<BlockId>{0, 1, 2, 3, 4}));
+  st = cache_->Stats();
+  EXPECT_EQ(st.table_entries, 5);
+  EXPECT_EQ(st.table_runs, 1);
+  Check();
+}
+
 TEST_F(CacheTest, MetadataOnlyRefusesKvButCountsBlocks) {
   CacheConfig config = SmallConfig(16, 8);
   config.metadata_only = true;

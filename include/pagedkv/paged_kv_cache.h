@@ -187,6 +187,7 @@ class PagedKvCache {
     int64_t writable_from = 0;
     uint64_t salt = 0;
     uint64_t batch_stamp = 0;  // Last ReserveBatch that named it: catches duplicates.
+    int64_t planned_blocks = 0;  // Blocks that batch takes for it (PlanReserve's count).
     uint32_t generation = 0;
     // Leading blocks registered in the prefix index, and whether the next one may still be.
     int32_t chain_blocks = 0;
@@ -224,8 +225,10 @@ class PagedKvCache {
   int64_t Capacity(const Sequence& seq) const {
     return static_cast<int64_t>(seq.blocks.size()) * block_size_;
   }
-  // Takes n blocks from the pool (the caller checked num_available()) into *out.
-  void AllocateBlocks(int64_t n, std::vector<BlockId>* out);
+  // Takes each sequence's planned_blocks from the pool (the caller checked num_available()) into
+  // *out, in order, each one after the sequence's block before it where that one is free
+  // (BlockPool::TryAllocateAfter), so that a growing sequence's pages form runs.
+  void AllocateBlocks(absl::Span<Sequence* const> seqs, std::vector<BlockId>* out);
   // Carries out a planned reservation, taking its new blocks (tail copy first) from the front
   // of `fresh`; cannot fail.
   void CommitReserve(Sequence& seq, int64_t num_tokens, absl::Span<const int32_t> tokens,
