@@ -11,7 +11,7 @@ endif()
 file(READ "${OUT}/sim.json" json)
 foreach(policy paged contiguous_max contiguous_doubling)
   foreach(key utilization_mean peak_sequences completed preemptions tail_waste_tokens_mean
-              shared_blocks_saved_mean prefix_hit_rate wall_seconds)
+              shared_blocks_saved_mean prefix_hit_rate run_tokens_mean wall_seconds)
     string(JSON type ERROR_VARIABLE err TYPE "${json}" ${policy} ${key})
     if(err OR NOT type STREQUAL "NUMBER")
       message(FATAL_ERROR "sim.json: ${policy}.${key} is not a number (${type} ${err})")

@@ -57,8 +57,11 @@ TEST(SimulatorTest, OneRequestHasExactUtilization) {
   EXPECT_EQ(paged.completed, 1);
   EXPECT_EQ(paged.steps, 6);
   EXPECT_DOUBLE_EQ(paged.tail_waste_tokens_mean, (1 + 0 + 3 + 2 + 1 + 0) / 6.0);
+  // A fresh pool: the sequence grows into the next block each time, so its pages are one run.
+  EXPECT_DOUBLE_EQ(paged.run_tokens_mean, (12 + 12 + 16 + 16 + 16) / 5.0);
   PKV_ASSIGN_OR_FAIL(PolicyResult max, RunOne(w, ExactOptions(), "contiguous_max", o));
   EXPECT_DOUBLE_EQ(max.utilization_mean, 13.0 / 32);
+  EXPECT_DOUBLE_EQ(max.run_tokens_mean, 32.0);
   PKV_ASSIGN_OR_FAIL(PolicyResult doubling, RunOne(w, ExactOptions(), "contiguous_doubling", o));
   EXPECT_DOUBLE_EQ(doubling.utilization_mean, 13.0 / 16);
   EXPECT_EQ(doubling.copied_tokens, 0);

@@ -75,6 +75,8 @@ class PagedBackend : public Backend {
     u.tail_waste = stats.tail_waste_tokens;
     u.shared_saved = stats.blocks_saved_by_sharing;
     u.shared_entries = stats.blocks_saved_by_sharing + stats.pool.used_blocks;
+    u.runs = stats.table_runs;
+    u.run_slots = stats.table_entries * bs_;
     return u;
   }
   int64_t slots_in_use() const override {
@@ -192,6 +194,8 @@ class ContiguousBackend : public Backend {
     u.tokens_stored = stored_;
     u.slots_reserved = reserved_;
     u.tail_waste = reserved_ - stored_;
+    u.runs = live_;
+    u.run_slots = reserved_;
     return u;
   }
   int64_t slots_in_use() const override { return reserved_; }

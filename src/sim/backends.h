@@ -29,6 +29,10 @@ struct Usage {
   int64_t tail_waste = 0;      // Reserved slots at sequence tails holding nothing.
   int64_t shared_saved = 0;    // Paged: blocks sharing saves against private copies.
   int64_t shared_entries = 0;  // Paged: block-table entries (blocks needed without sharing).
+  // Stretches of adjacent K/V that decode reads from end to end (paged: runs of consecutive block
+  // ids in the tables; contiguous: one per sequence), and the token slots they hold.
+  int64_t runs = 0;
+  int64_t run_slots = 0;
 };
 
 // Every call either succeeds or changes nothing.

@@ -77,6 +77,7 @@ std::string FormatTable(const RunHeader& h, const std::vector<PolicyResult>& res
   row("blocks saved by sharing", [](const PolicyResult& r) { return absl::StrFormat("%.1f", r.shared_blocks_saved_mean); });
   row("memory saved by sharing", [](const PolicyResult& r) { return absl::StrFormat("%.1f%%", 100 * r.sharing_saved_fraction); });
   row("prefix hit rate", [](const PolicyResult& r) { return absl::StrFormat("%.4f", r.prefix_hit_rate); });
+  row("KV run length (tokens)", [](const PolicyResult& r) { return absl::StrFormat("%.1f", r.run_tokens_mean); });
   row("tokens copied", [](const PolicyResult& r) { return absl::StrCat(r.copied_tokens); });
   row("manager time/step (us)", [](const PolicyResult& r) { return absl::StrFormat("%.2f", r.manager_ns_per_step / 1000); });
   row("attention time/step (us)", [](const PolicyResult& r) { return absl::StrFormat("%.2f", r.attention_ns_per_step / 1000); });
@@ -102,6 +103,7 @@ std::string FormatJson(const RunHeader& h, const std::vector<PolicyResult>& resu
         ", \"shared_blocks_saved_mean\": ", JsonNumber(r.shared_blocks_saved_mean),
         ", \"sharing_saved_fraction\": ", JsonNumber(r.sharing_saved_fraction),
         ", \"prefix_hit_rate\": ", JsonNumber(r.prefix_hit_rate),
+        ", \"run_tokens_mean\": ", JsonNumber(r.run_tokens_mean),
         ", \"tokens_per_step\": ", JsonNumber(r.tokens_per_step),
         ", \"manager_ns_per_step\": ", JsonNumber(r.manager_ns_per_step),
         ", \"attention_ns_per_step\": ", JsonNumber(r.attention_ns_per_step),

@@ -275,6 +275,8 @@ class Run {
     sum_waste_ += static_cast<double>(u.tail_waste);
     sum_saved_ += static_cast<double>(u.shared_saved);
     sum_entries_ += static_cast<double>(u.shared_entries);
+    sum_runs_ += static_cast<double>(u.runs);
+    sum_run_slots_ += static_cast<double>(u.run_slots);
     result_.series_seconds.push_back(static_cast<double>(step_) * options_.step_seconds);
     result_.series_memory_bytes.push_back(memory);
     result_.series_live_tokens.push_back(static_cast<double>(live_tokens));
@@ -291,6 +293,7 @@ class Run {
     result_.tail_waste_tokens_mean = sum_waste_ / samples;
     result_.shared_blocks_saved_mean = sum_saved_ / samples;
     result_.sharing_saved_fraction = sum_entries_ > 0 ? sum_saved_ / sum_entries_ : 0;
+    result_.run_tokens_mean = sum_runs_ > 0 ? sum_run_slots_ / sum_runs_ : 0;
     result_.prefix_hit_rate = prompt_tokens_ > 0 ? static_cast<double>(cached_tokens_) /
                                                        static_cast<double>(prompt_tokens_)
                                                  : 0;
@@ -324,7 +327,7 @@ class Run {
   double attention_ns_ = 0;
   std::vector<SimSeq> step_seqs_;
   double sum_sequences_ = 0, sum_memory_ = 0, sum_utilization_ = 0, sum_waste_ = 0;
-  double sum_saved_ = 0, sum_entries_ = 0;
+  double sum_saved_ = 0, sum_entries_ = 0, sum_runs_ = 0, sum_run_slots_ = 0;
 };
 
 }  // namespace

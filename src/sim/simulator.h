@@ -39,6 +39,9 @@ struct PolicyResult {
   double shared_blocks_saved_mean = 0;
   double sharing_saved_fraction = 0;  // 1 - blocks used / blocks private copies would need.
   double prefix_hit_rate = 0;         // Prompt tokens from cache / prompt tokens, first admissions.
+  // Token slots per stretch of adjacent K/V that decode streams (Usage::runs), over the samples:
+  // paged, runs of consecutive block ids; contiguous, whole sequences.
+  double run_tokens_mean = 0;
   double tokens_per_step = 0;
   double manager_ns_per_step = 0;
   double attention_ns_per_step = 0;   // --materialize: decode attention over every layer.
