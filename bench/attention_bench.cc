@@ -29,8 +29,9 @@ DType DTypeArg(int64_t code) { return static_cast<DType>(code); }
 
 // A cache of `layers` layers (one unless asked) holding `batch` sequences of `context` tokens with
 // random K/V. Paged: pages of `page_tokens` (16 unless asked) handed out in random order, as a
-// long-running server's pool would. Contiguous: one page per sequence, so each (sequence, head)
-// is one contiguous array.
+// long-running server's pool would, in runs of `run` consecutive block ids (1 unless asked: every
+// page on its own). Contiguous: one page per sequence, so each (sequence, head) is one
+// contiguous array.
 struct Fixture {
   int32_t kv_heads;
   std::unique_ptr<PagedKvCache> cache;
@@ -39,7 +40,7 @@ struct Fixture {
   PagedKvView view;
 
   Fixture(int64_t batch, int64_t context, DType dtype, bool paged, int32_t heads = kKvHeads,
-          int32_t layers = 1, int32_t page_tokens = 16)
+          int32_t layers = 1, int32_t page_tokens = 16, int32_t run = 1)
       : kv_heads(heads) {
     CacheConfig config;
     config.num_layers = layers;
@@ -47,11 +48,12 @@ struct Fixture {
     config.head_dim = kHeadDim;
     config.dtype = dtype;
     config.block_size = paged ? page_tokens : static_cast<int32_t>(context);
-    config.num_blocks = static_cast<int32_t>(batch * ((context + config.block_size - 1) /
+    const auto blocks = static_cast<int32_t>(batch * ((context + config.block_size - 1) /
                                                       config.block_size));
+    config.num_blocks = paged ? blocks + (blocks + run - 1) / run : blocks;  // Spacers.
     config.max_seq_len = context;
     cache = OrDie(PagedKvCache::Create(config), "cache");
-    if (paged) Scatter(config.num_blocks);
+    if (paged) Scatter(blocks, run);
     std::mt19937 rng(42);
     std::uniform_real_distribution<float> u(-1.0f, 1.0f);
     const int64_t chunk = 256;
@@ -74,16 +76,35 @@ struct Fixture {
     view = OrDie(cache->MakeView(seqs, &storage), "view");
   }
 
-  // Leaves the free list in random order: single-block sequences freed in a shuffled order.
-  void Scatter(int32_t blocks) {
-    std::vector<SeqId> ids;
-    for (int32_t b = 0; b < blocks; ++b) {
+  // Leaves `blocks` free blocks in random order, in runs of `run` consecutive ids, each run
+  // followed by a spacer block that stays held: sequences of `run` blocks and of one (a fresh
+  // pool hands out ids in order) are created in turn and the former freed in a shuffled order.
+  // Without the spacers the pool would grow each sequence into the next free block
+  // (BlockPool::TryAllocateAfter) and hand out the whole free pool as one run.
+  void Scatter(int32_t blocks, int32_t run) {
+    const int64_t bs = cache->config().block_size;
+    std::vector<SeqId> runs;
+    for (int32_t b = 0; b < blocks; b += run) {
       const SeqId id = OrDie(cache->CreateSequence(), "create").id;
-      OrDie(cache->Reserve(id, 1), "reserve");
-      ids.push_back(id);
+      OrDie(cache->Reserve(id, std::min<int64_t>(run, blocks - b) * bs), "reserve");
+      runs.push_back(id);
+      OrDie(cache->Reserve(OrDie(cache->CreateSequence(), "create").id, 1), "spacer");
     }
-    std::shuffle(ids.begin(), ids.end(), std::mt19937(7));
-    for (SeqId id : ids) OrDie(cache->Free(id), "free");
+    std::shuffle(runs.begin(), runs.end(), std::mt19937(7));
+    for (SeqId id : runs) OrDie(cache->Free(id), "free");
+  }
+
+  // Block-table entries of the viewed sequences per run of consecutive block ids.
+  double PagesPerRun() const {
+    int64_t runs = 0;
+    const int32_t entries = view.block_offsets[view.num_seqs];
+    for (int32_t s = 0; s < view.num_seqs; ++s) {
+      const BlockId* table = view.BlockTable(s);
+      for (int32_t i = 0; i < view.block_offsets[s + 1] - view.block_offsets[s]; ++i) {
+        if (i == 0 || table[i] != table[i - 1] + 1) ++runs;
+      }
+    }
+    return static_cast<double>(entries) / static_cast<double>(std::max<int64_t>(runs, 1));
   }
 
   // K/V bytes of one layer.
@@ -105,6 +126,7 @@ void RunDecode(benchmark::State& state, const Fixture& f, int32_t q_heads,
     benchmark::DoNotOptimize(out.data());
   }
   state.SetBytesProcessed(state.iterations() * f.KvBytes());
+  state.counters["pages_per_run"] = f.PagesPerRun();
 }
 
 void Decode(benchmark::State& state, bool paged) {
@@ -220,6 +242,23 @@ void BM_DecodePageSize(benchmark::State& state) {
 BENCHMARK(BM_DecodePageSize)
     ->ArgNames({"page", "batch"})
     ->ArgsProduct({{16, 32, 64, 128}, {1, 32}})
+    ->UseRealTime();
+
+// Fragmentation: bf16 decode, one thread, 16-token pages handed out in shuffled runs of 1 to 128
+// consecutive block ids (1: every page on its own, as BM_DecodePaged; 128: each 2,048-token
+// sequence one run), in L3 (batch 1) and from DRAM (batch 32). A KV head's pages of consecutive
+// blocks are adjacent in the pool, so a run reads as one array. Compare each with
+// BM_DecodeContiguous of the same batch.
+void BM_DecodePageRun(benchmark::State& state) {
+  Fixture f(state.range(1), 2048, DType::kBF16, true, kKvHeads, 1, 16,
+            static_cast<int32_t>(state.range(0)));
+  AttentionOptions options;
+  options.num_threads = 1;
+  RunDecode(state, f, kQHeads, options);
+}
+BENCHMARK(BM_DecodePageRun)
+    ->ArgNames({"run", "batch"})
+    ->ArgsProduct({{1, 2, 4, 8, 32, 128}, {1, 32}})
     ->UseRealTime();
 
 // One KV head and its four query heads, bf16, one thread: at context 512 (256 KiB) K/V sit in
