@@ -371,6 +371,10 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
   const int64_t lead = bs >= kLeadRows ? kLeadRows : kLeadRows / bs * bs;
   // How many pages on the lead rows of a page's last part lie.
   const int64_t lead_pages = (lead + bs - 1) / bs;
+  // Where a KV head's pages of consecutive block ids are adjacent (the cache's layout), a run of
+  // them in the block table is read as one page: one segment and one jump instead of one per
+  // page. Not with pages shorter than the lead, whose last part's lead rows span several pages.
+  const bool join_runs = view.block_stride_bytes == bs * view.row_stride_bytes && bs >= lead;
   for (int64_t t0 = lo, t1 = lo; t0 < hi; t0 = t1) {
     t1 = std::min(hi, (t0 / step + 1) * step);
     const int64_t b0 = t0 / bs;
@@ -378,9 +382,14 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
     const size_t n_keys = static_cast<size_t>(t1 - t0);
     // Scores of every page of the step, side by side: column = key - t0.
     if constexpr (kDot) s.pages.clear();
-    for (int64_t b = b0; b <= b1; ++b) {
+    for (int64_t b = b0, e = b0; b <= b1; b = e + 1) {
+      // Pages b..e: a run of consecutive block ids, read as one page where they are adjacent.
+      e = b;
+      if (join_runs) {
+        while (e < b1 && table[e + 1] == table[e] + 1) ++e;
+      }
       const int64_t k0 = std::max(t0, b * bs);
-      const int64_t k1 = std::min(t1, (b + 1) * bs);
+      const int64_t k1 = std::min(t1, (e + 1) * bs);
       // The same page of the next step, whose first line TouchAhead fetches.
       const bool far = b + ahead <= last_page;
       const T* far_k =
@@ -388,16 +397,16 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
       const T* far_v =
           far ? PageOf<T>(view, a.layer, true, table[b + ahead], it.kv_head) : nullptr;
       if constexpr (!kDot) TouchAhead(far_k, far_v);
-      // The page's rows are read in up to two parts, split where their lead rows move on to the
-      // next page named by the block table, so that each part's lead rows lie in one page.
-      const int64_t split = std::clamp((b + 1) * bs - lead, k0, k1);
+      // The run's rows are read in up to two parts, split where their lead rows move on to the
+      // next page named by the block table, so that each part's lead rows lie in one run.
+      const int64_t split = std::clamp((e + 1) * bs - lead, k0, k1);
       for (int64_t p0 = k0, p1 = k0; p0 < k1; p0 = p1) {
         p1 = p0 < split ? split : k1;
         const size_t row0 = static_cast<size_t>(p0 - b * bs) * D;
         const T* keys = PageOf<T>(view, a.layer, false, table[b], it.kv_head) + row0;
         const size_t n_part = static_cast<size_t>(p1 - p0);
         const size_t col = static_cast<size_t>(p0 - t0);
-        const int64_t tb = p0 < split ? b : b + lead_pages;  // The page of the lead rows.
+        const int64_t tb = p0 < split ? b : e + lead_pages;  // The page of the lead rows.
         const size_t lead_row0 = static_cast<size_t>(p0 + lead - tb * bs) * D;
         const T* lead_k =
             tb <= last_page ? PageOf<T>(view, a.layer, false, table[tb], it.kv_head) + lead_row0

@@ -69,9 +69,20 @@ double RunCase(const Case& c, uint64_t seed) {
   config.dtype = c.dtype;
   int64_t tokens = 0;
   for (int64_t l : c.lengths) tokens += l + c.block_size;
-  config.num_blocks = static_cast<int32_t>(tokens / c.block_size + 8);
+  // Three times the blocks needed: a third, chosen at random, stay held, and the rest are freed
+  // in a shuffled order, so block tables mix runs of consecutive ids (which the kernel reads as
+  // one page) of random lengths with jumps.
+  config.num_blocks = static_cast<int32_t>(3 * (tokens / c.block_size + 8));
   config.max_seq_len = 1 << 20;
   auto cache = test::MakeCache(config);
+  std::vector<SeqId> loose;
+  for (int32_t b = 0; b < config.num_blocks; ++b) {
+    const SeqId id = cache->CreateSequence()->id;
+    EXPECT_TRUE(cache->Reserve(id, 1).ok());
+    if (rng() % 3 != 0) loose.push_back(id);
+  }
+  std::shuffle(loose.begin(), loose.end(), rng);
+  for (SeqId id : loose) EXPECT_TRUE(cache->Free(id).ok());
   std::vector<SeqId> ids;
   const int32_t layer = 1;
   for (size_t s = 0; s < c.lengths.size(); ++s) {
