@@ -122,9 +122,7 @@ BlockId BlockPool::TryAllocate() {
     RemoveFree(b);
   } else if (lru_head_ != kNoBlock) {
     b = lru_head_;
-    LruUnlink(b);
-    DropKey(b);
-    ++evictions_;
+    Evict(b);
   } else {
     return kNoBlock;
   }
@@ -132,25 +130,43 @@ BlockId BlockPool::TryAllocate() {
   return b;
 }
 
-BlockId BlockPool::TryAllocateAfter(BlockId prev) {
-  const BlockId next = prev + 1;
-  if (prev == kNoBlock || next >= num_blocks_) return TryAllocate();
-  switch (state_[Index(next)]) {
-    case State::kFree:
-      RemoveFree(next);
-      break;
-    case State::kEvictable:
-      // Evicted only where an eviction is due anyway: a free block is taken before any cached one.
-      if (!free_stack_.empty()) return TryAllocate();
-      LruUnlink(next);
-      DropKey(next);
-      ++evictions_;
-      break;
-    case State::kUsed:
-      return TryAllocate();
+void BlockPool::Evict(BlockId b) {
+  LruUnlink(b);
+  DropKey(b);
+  ++evictions_;
+}
+
+int64_t BlockPool::AllocateRun(BlockId prev, int64_t n, std::vector<BlockId>* out) {
+  if (n <= 0) return 0;
+  const size_t before = out->size();
+  const auto take_free_from = [&](BlockId b) {
+    for (; b < num_blocks_ && static_cast<int64_t>(out->size() - before) < n &&
+           state_[Index(b)] == State::kFree;
+         ++b) {
+      RemoveFree(b);
+      MarkUsed(b);
+      out->push_back(b);
+    }
+  };
+  if (prev != kNoBlock && prev + 1 < num_blocks_ && state_[Index(prev + 1)] == State::kFree) {
+    take_free_from(prev + 1);
+  } else if (!free_stack_.empty()) {
+    take_free_from(free_stack_.back());
+  } else if (lru_head_ != kNoBlock) {
+    // The next victims in LRU order, as many as asked, while each is the block just before the
+    // one ahead of it: a sequence's cached blocks enter the order deepest first, so these are its
+    // last ones, and taken from the lowest id up they form a run. The same blocks go as one by
+    // one from the head, deepest first, so no prefix is evicted before its extensions.
+    const BlockId last = lru_head_;
+    BlockId first = last;
+    while (last - first + 1 < n && first > 0 && lru_next_[Index(first)] == first - 1) --first;
+    for (BlockId b = first; b <= last; ++b) {
+      Evict(b);
+      MarkUsed(b);
+      out->push_back(b);
+    }
   }
-  MarkUsed(next);
-  return next;
+  return static_cast<int64_t>(out->size() - before);
 }
 
 void BlockPool::Acquire(BlockId b) {

@@ -178,9 +178,11 @@ void PagedKvCache::AllocateBlocks(absl::Span<Sequence* const> seqs, std::vector<
     // A tail copy, when planned, comes first and lands after the tail instead of in its place:
     // one run broken per copy-on-write.
     BlockId last = s->blocks.empty() ? kNoBlock : s->blocks.back();
-    for (int64_t i = 0; i < s->planned_blocks; ++i) {
-      last = pool_->TryAllocateAfter(last);
-      out->push_back(last);
+    for (int64_t left = s->planned_blocks; left > 0;) {
+      const int64_t got = pool_->AllocateRun(last, left, out);
+      if (got == 0) return;  // Not reached: the caller checked num_available().
+      left -= got;
+      last = out->back();
     }
   }
 }

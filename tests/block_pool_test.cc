@@ -29,13 +29,12 @@ class PoolFixture : public ::testing::Test {
     Check();
     return *b;
   }
-  BlockId AllocAfter(BlockId prev) {
-    const BlockId b = pool_->TryAllocateAfter(prev);
-    EXPECT_NE(b, kNoBlock);
-    if (b == kNoBlock) return b;
-    ++refs_[static_cast<size_t>(b)];
+  std::vector<BlockId> AllocRun(BlockId prev, int64_t n) {
+    std::vector<BlockId> got;
+    EXPECT_GE(pool_->AllocateRun(prev, n, &got), 1);
+    for (BlockId b : got) ++refs_[static_cast<size_t>(b)];
     Check();
-    return b;
+    return got;
   }
   void Acquire(BlockId b) {
     pool_->Acquire(b);
@@ -150,38 +149,54 @@ TEST_F(PoolFixture, RevivedBlockMovesToMostRecentEnd) {
   EXPECT_EQ(pool_->Lookup(1), a);
 }
 
-TEST_F(PoolFixture, AllocateAfterTakesTheNextBlockWhereItMay) {
-  Make(test::SmallConfig(4, 6));
-  std::vector<BlockId> all;
-  for (int i = 0; i < 6; ++i) all.push_back(Alloc());  // 0 .. 5 in order.
-  ASSERT_EQ(all, (std::vector<BlockId>{0, 1, 2, 3, 4, 5}));
-  ASSERT_TRUE(pool_->Register(3, 30, 0, 0));
-  Release(2);
-  Release(4);
-  Release(1);  // Free stack, top first: 1 4 2.
-  EXPECT_EQ(AllocAfter(3), 4) << "free, from the middle of the free stack";
-  EXPECT_EQ(AllocAfter(5), 1) << "the last block has no next: the top of the stack";
-  EXPECT_EQ(AllocAfter(kNoBlock), 2);
-  Release(3);  // Cached: evictable.
-  Release(5);  // Free.
-  EXPECT_EQ(AllocAfter(2), 5) << "3 is evictable but a block is free: nothing is evicted";
-  EXPECT_EQ(pool_->Lookup(30), 3);
-  EXPECT_EQ(AllocAfter(2), 3) << "nothing free: the evictable next block goes";
-  EXPECT_EQ(pool_->Lookup(30), kNoBlock);
-  EXPECT_EQ(pool_->stats().evictions, 1);
-  EXPECT_EQ(pool_->TryAllocateAfter(0), kNoBlock);
+TEST_F(PoolFixture, AllocateRunContinuesThroughFreeBlocks) {
+  Make(test::SmallConfig(4, 8));
+  EXPECT_EQ(AllocRun(kNoBlock, 3), (std::vector<BlockId>{0, 1, 2})) << "a fresh pool, in order";
+  EXPECT_EQ(AllocRun(kNoBlock, 1), (std::vector<BlockId>{3}));
+  EXPECT_EQ(AllocRun(2, 2), (std::vector<BlockId>{4, 5})) << "3 is used: the top of the stack";
+  Release(1);
+  Release(3);  // Free stack, top first: 3 1 7 6.
+  EXPECT_EQ(AllocRun(0, 4), (std::vector<BlockId>{1})) << "after 0, up to the used 2";
+  EXPECT_EQ(AllocRun(5, 4), (std::vector<BlockId>{6, 7})) << "after 5, up to the end";
+  EXPECT_EQ(AllocRun(7, 4), (std::vector<BlockId>{3})) << "the last block: the top of the stack";
+  std::vector<BlockId> none;
+  EXPECT_EQ(pool_->AllocateRun(kNoBlock, 2, &none), 0);
+  EXPECT_TRUE(none.empty());
   Check();
 }
 
-TEST_F(PoolFixture, AllocateAfterFallsBackToTheLeastRecentlyUsed) {
+// Without free blocks a run is evicted from the LRU head's end of a sequence's released blocks:
+// the same blocks one-by-one eviction would take, deepest first, but from the lowest id up.
+TEST_F(PoolFixture, AllocateRunEvictsTheNextVictimsAsARun) {
+  Make(test::SmallConfig(4, 8));
+  const std::vector<BlockId> seq = AllocRun(kNoBlock, 5);  // 0 .. 4: a sequence's blocks.
+  AllocRun(kNoBlock, 3);                                   // 5 .. 7, held.
+  for (BlockId b : seq) ASSERT_TRUE(pool_->Register(b, 100 + b, 0, 0));
+  for (int i = 4; i >= 0; --i) Release(seq[static_cast<size_t>(i)]);  // LRU: 4 3 2 1 0.
+  Release(6);  // Free.
+  EXPECT_EQ(AllocRun(kNoBlock, 3), (std::vector<BlockId>{6})) << "a free block goes first";
+  EXPECT_EQ(pool_->stats().evictions, 0);
+  EXPECT_EQ(AllocRun(kNoBlock, 3), (std::vector<BlockId>{2, 3, 4})) << "the 3 next victims";
+  EXPECT_EQ(pool_->Lookup(101), 1) << "the prefix 0 1 stays";
+  EXPECT_EQ(pool_->Lookup(102), kNoBlock);
+  EXPECT_EQ(pool_->stats().evictions, 3);
+  EXPECT_EQ(AllocRun(6, 1), (std::vector<BlockId>{1})) << "7 is used; 1 is the LRU head";
+  EXPECT_EQ(pool_->Lookup(100), 0);
+  Check();
+}
+
+TEST_F(PoolFixture, AllocateRunStopsWhereTheLruOrderLeavesTheRun) {
   Make(test::SmallConfig(4, 4));
-  for (int i = 0; i < 4; ++i) Alloc();
-  ASSERT_TRUE(pool_->Register(0, 10, 0, 0));
-  ASSERT_TRUE(pool_->Register(2, 20, 0, 0));
+  AllocRun(kNoBlock, 4);
+  for (BlockId b = 0; b < 4; ++b) ASSERT_TRUE(pool_->Register(b, 10 + b, 0, 0));
   Release(2);
-  Release(0);  // LRU: 2, 0. Block 1 (next after 0) is used.
-  EXPECT_EQ(AllocAfter(0), 2);
-  EXPECT_EQ(pool_->Lookup(10), 0);
+  Release(0);
+  Release(1);
+  Release(3);  // LRU: 2 0 1 3.
+  EXPECT_EQ(AllocRun(kNoBlock, 3), (std::vector<BlockId>{2})) << "1, not 0, is before 2";
+  EXPECT_EQ(AllocRun(2, 3), (std::vector<BlockId>{0})) << "3 is cached but not next in line";
+  EXPECT_EQ(AllocRun(0, 3), (std::vector<BlockId>{1}));
+  EXPECT_EQ(pool_->Lookup(13), 3);
   Check();
 }
 

@@ -226,8 +226,8 @@ class PagedKvCache {
     return static_cast<int64_t>(seq.blocks.size()) * block_size_;
   }
   // Takes each sequence's planned_blocks from the pool (the caller checked num_available()) into
-  // *out, in order, each one after the sequence's block before it where that one is free
-  // (BlockPool::TryAllocateAfter), so that a growing sequence's pages form runs.
+  // *out, in order, in runs that continue the sequence's last block where they can
+  // (BlockPool::AllocateRun), so that a growing sequence's pages form runs.
   void AllocateBlocks(absl::Span<Sequence* const> seqs, std::vector<BlockId>* out);
   // Carries out a planned reservation, taking its new blocks (tail copy first) from the front
   // of `fresh`; cannot fail.
