@@ -80,7 +80,7 @@ struct Fixture {
   // followed by a spacer block that stays held: sequences of `run` blocks and of one (a fresh
   // pool hands out ids in order) are created in turn and the former freed in a shuffled order.
   // Without the spacers the pool would grow each sequence into the next free block
-  // (BlockPool::TryAllocateAfter) and hand out the whole free pool as one run.
+  // (BlockPool::AllocateRun) and hand out the whole free pool as one run.
   void Scatter(int32_t blocks, int32_t run) {
     const int64_t bs = cache->config().block_size;
     std::vector<SeqId> runs;
