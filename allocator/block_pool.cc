@@ -153,14 +153,25 @@ int64_t BlockPool::AllocateRun(BlockId prev, int64_t n, std::vector<BlockId>* ou
   } else if (!free_stack_.empty()) {
     take_free_from(free_stack_.back());
   } else if (lru_head_ != kNoBlock) {
-    // The next victims in LRU order, as many as asked, while each is the block just before the
-    // one ahead of it: a sequence's cached blocks enter the order deepest first, so these are its
-    // last ones, and taken from the lowest id up they form a run. The same blocks go as one by
-    // one from the head, deepest first, so no prefix is evicted before its extensions.
-    const BlockId last = lru_head_;
-    BlockId first = last;
-    while (last - first + 1 < n && first > 0 && lru_next_[Index(first)] == first - 1) --first;
-    for (BlockId b = first; b <= last; ++b) {
+    // The next victims in LRU order, as many as asked while their ids run on from the head's,
+    // up or down, one by one: a sequence's cached blocks enter that order deepest first, so a
+    // sequence whose pages formed a run (in either direction) gives them back as one. They are
+    // the very blocks Allocate would evict one by one, so a prefix never goes before its
+    // extensions; they are handed out from the lowest id up.
+    BlockId lo = lru_head_;
+    BlockId hi = lru_head_;
+    for (BlockId at = lru_head_; hi - lo + 1 < n;) {
+      const BlockId next = lru_next_[Index(at)];
+      if (next != kNoBlock && next == hi + 1 && at == hi) {
+        hi = next;
+      } else if (next != kNoBlock && next == lo - 1 && at == lo) {
+        lo = next;
+      } else {
+        break;
+      }
+      at = next;
+    }
+    for (BlockId b = lo; b <= hi; ++b) {
       Evict(b);
       MarkUsed(b);
       out->push_back(b);

@@ -85,10 +85,10 @@ class BlockPool {
   // scattered pages). The blocks are, in this order of preference:
   //   - prev + 1 and the free blocks after it;
   //   - the most recently freed block and the free blocks after it;
-  //   - when no block is free, the next blocks in LRU order, as many as asked while each is the
-  //     block just before the one ahead of it (a sequence's cached blocks enter that order
-  //     deepest first): the very blocks Allocate would evict one by one, so a prefix still never
-  //     goes before its extensions.
+  //   - when no block is free, the next blocks in LRU order, as many as asked while their ids
+  //     run on from the head's, up or down, one by one (a sequence's cached blocks enter that
+  //     order deepest first): the very blocks Allocate would evict one by one, so a prefix still
+  //     never goes before its extensions.
   // Returns how many were appended; 0 when none is free or evictable. O(returned).
   int64_t AllocateRun(BlockId prev, int64_t n, std::vector<BlockId>* out);
   // Adds one reference, O(1). An evictable block (a prefix hit) leaves the LRU order.
