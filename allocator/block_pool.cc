@@ -44,6 +44,7 @@ BlockPool::BlockPool(const CacheConfig& config, int32_t num_blocks, std::byte* a
     : config_(config),
       num_blocks_(num_blocks),
       page_bytes_(int64_t{config.block_size} * config.head_dim * DTypeSize(config.dtype)),
+      head_major_(config.ResolvedPageLayout() == PageLayout::kHeadMajor),
       arena_(arena),
       arena_bytes_(arena_bytes),
       ref_count_(static_cast<size_t>(num_blocks), 0),

@@ -30,7 +30,8 @@ DType DTypeArg(int64_t code) { return static_cast<DType>(code); }
 // A cache of `layers` layers (one unless asked) holding `batch` sequences of `context` tokens with
 // random K/V. Paged: pages of `page_tokens` (16 unless asked) handed out in random order, as a
 // long-running server's pool would, in runs of `run` consecutive block ids (1 unless asked: every
-// page on its own). Contiguous: one page per sequence, so each (sequence, head) is one
+// page on its own), in the pools' default page order (kAuto: head-major, as prefix caching is
+// off) unless asked. Contiguous: one page per sequence, so each (sequence, head) is one
 // contiguous array.
 struct Fixture {
   int32_t kv_heads;
@@ -40,9 +41,11 @@ struct Fixture {
   PagedKvView view;
 
   Fixture(int64_t batch, int64_t context, DType dtype, bool paged, int32_t heads = kKvHeads,
-          int32_t layers = 1, int32_t page_tokens = 16, int32_t run = 1)
+          int32_t layers = 1, int32_t page_tokens = 16, int32_t run = 1,
+          PageLayout layout = PageLayout::kAuto)
       : kv_heads(heads) {
     CacheConfig config;
+    config.page_layout = layout;
     config.num_layers = layers;
     config.num_kv_heads = heads;
     config.head_dim = kHeadDim;
@@ -244,21 +247,21 @@ BENCHMARK(BM_DecodePageSize)
     ->ArgsProduct({{16, 32, 64, 128}, {1, 32}})
     ->UseRealTime();
 
-// Fragmentation: bf16 decode, one thread, 16-token pages handed out in shuffled runs of 1 to 128
-// consecutive block ids (1: every page on its own, as BM_DecodePaged; 128: each 2,048-token
-// sequence one run), in L3 (batch 1) and from DRAM (batch 32). A KV head's pages of consecutive
-// blocks are adjacent in the pool, so a run reads as one array. Compare each with
+// Fragmentation and page order: bf16 decode, one thread, 16-token pages handed out in shuffled
+// runs of 1 to 128 consecutive block ids (1: every page on its own, as BM_DecodePaged; 128: each
+// 2,048-token sequence one run), in L3 (batch 1) and from DRAM (batch 32), with the pools laid
+// out head-major (layout 1: a run reads as one array) or block-major (2). Compare each with
 // BM_DecodeContiguous of the same batch.
 void BM_DecodePageRun(benchmark::State& state) {
   Fixture f(state.range(1), 2048, DType::kBF16, true, kKvHeads, 1, 16,
-            static_cast<int32_t>(state.range(0)));
+            static_cast<int32_t>(state.range(0)), static_cast<PageLayout>(state.range(2)));
   AttentionOptions options;
   options.num_threads = 1;
   RunDecode(state, f, kQHeads, options);
 }
 BENCHMARK(BM_DecodePageRun)
-    ->ArgNames({"run", "batch"})
-    ->ArgsProduct({{1, 2, 4, 8, 32, 128}, {1, 32}})
+    ->ArgNames({"run", "batch", "layout"})
+    ->ArgsProduct({{1, 8, 32, 128}, {1, 32}, {1, 2}})
     ->UseRealTime();
 
 // One KV head and its four query heads, bf16, one thread: at context 512 (256 KiB) K/V sit in

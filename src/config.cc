@@ -52,6 +52,11 @@ absl::Status CacheConfig::Validate() const {
   if (dtype != DType::kF32 && dtype != DType::kBF16 && dtype != DType::kF16) {
     return OutOfRange("dtype", static_cast<int>(dtype), "want kF32, kBF16 or kF16");
   }
+  if (page_layout != PageLayout::kAuto && page_layout != PageLayout::kHeadMajor &&
+      page_layout != PageLayout::kBlockMajor) {
+    return OutOfRange("page_layout", static_cast<int>(page_layout),
+                      "want kAuto, kHeadMajor or kBlockMajor");
+  }
   if (max_seq_len < 1) return OutOfRange("max_seq_len", max_seq_len, "want >= 1");
   if (num_blocks < 0) return OutOfRange("num_blocks", num_blocks, "want >= 0 (0: use the budget)");
   if (num_blocks == 0) {
@@ -73,6 +78,11 @@ absl::Status CacheConfig::Validate() const {
     }
   }
   return absl::OkStatus();
+}
+
+PageLayout CacheConfig::ResolvedPageLayout() const {
+  if (page_layout != PageLayout::kAuto) return page_layout;
+  return enable_prefix_caching ? PageLayout::kBlockMajor : PageLayout::kHeadMajor;
 }
 
 int32_t CacheConfig::ResolvedNumBlocks() const {

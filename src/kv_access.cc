@@ -163,9 +163,15 @@ absl::StatusOr<PagedKvView> PagedKvCache::MakeView(absl::Span<const SeqId> seqs,
   PagedKvView view;
   view.arena = pool_->arena();
   view.row_stride_bytes = int64_t{config.head_dim} * DTypeSize(config.dtype);
-  view.block_stride_bytes = pool_->page_bytes();
-  view.head_stride_bytes = view.block_stride_bytes * pool_->num_blocks();
-  view.pool_stride_bytes = view.head_stride_bytes * config.num_kv_heads;
+  const int64_t page = pool_->page_bytes();
+  if (config.ResolvedPageLayout() == PageLayout::kHeadMajor) {
+    view.block_stride_bytes = page;
+    view.head_stride_bytes = page * pool_->num_blocks();
+  } else {
+    view.head_stride_bytes = page;
+    view.block_stride_bytes = page * config.num_kv_heads;
+  }
+  view.pool_stride_bytes = page * config.num_kv_heads * pool_->num_blocks();
   view.num_layers = config.num_layers;
   view.num_kv_heads = config.num_kv_heads;
   view.head_dim = config.head_dim;

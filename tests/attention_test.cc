@@ -67,6 +67,8 @@ double RunCase(const Case& c, uint64_t seed) {
   config.head_dim = c.head_dim;
   config.block_size = c.block_size;
   config.dtype = c.dtype;
+  // Both page orders: with kHeadMajor, runs of consecutive block ids are read as one page.
+  config.page_layout = seed % 2 == 0 ? PageLayout::kHeadMajor : PageLayout::kBlockMajor;
   int64_t tokens = 0;
   for (int64_t l : c.lengths) tokens += l + c.block_size;
   // Three times the blocks needed: a third, chosen at random, stay held, and the rest are freed

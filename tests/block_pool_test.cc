@@ -239,35 +239,43 @@ TEST_F(PoolFixture, CopySlotsCopiesOnlyThePrefixOfEachPage) {
 }
 
 // Every (layer, K or V, block, kv head) page lies inside the arena, no two overlap, together they
-// fill it, and a head's pages of consecutive blocks are adjacent (so block runs read as one).
-TEST_F(PoolFixture, PagesTileTheArenaWithEachHeadsBlocksAdjacent) {
-  CacheConfig config = test::SmallConfig(4, 6, DType::kBF16);
-  config.num_layers = 3;
-  config.num_kv_heads = 3;
-  Make(config);
-  const std::byte* arena = pool_->arena();
-  const int64_t page = pool_->page_bytes();
-  ASSERT_EQ(page, int64_t{config.block_size} * config.head_dim * 2);
-  const int64_t pages = pool_->stats().arena_bytes / page;
-  ASSERT_EQ(pages, 2 * int64_t{config.num_layers} * config.num_kv_heads * pool_->num_blocks());
-  std::vector<int> hits(static_cast<size_t>(pages), 0);
-  for (int32_t layer = 0; layer < config.num_layers; ++layer) {
-    for (bool v : {false, true}) {
-      for (int32_t h = 0; h < config.num_kv_heads; ++h) {
-        for (BlockId b = 0; b < pool_->num_blocks(); ++b) {
-          const int64_t offset = pool_->PageData(layer, v, b, h) - arena;
-          ASSERT_EQ(offset % page, 0) << layer << " " << v << " " << h << " " << b;
-          ASSERT_GE(offset, 0);
-          ASSERT_LT(offset / page, pages);
-          ++hits[static_cast<size_t>(offset / page)];
-          if (b > 0) {
-            EXPECT_EQ(pool_->PageData(layer, v, b - 1, h) + page, arena + offset);
+// fill it, and the pages next to each other are a head's of consecutive blocks (kHeadMajor, so
+// block runs read as one) or a block's of consecutive heads (kBlockMajor).
+TEST_F(PoolFixture, PagesTileTheArenaInEitherLayout) {
+  for (PageLayout layout : {PageLayout::kHeadMajor, PageLayout::kBlockMajor}) {
+    CacheConfig config = test::SmallConfig(4, 6, DType::kBF16);
+    config.num_layers = 3;
+    config.num_kv_heads = 3;
+    config.page_layout = layout;
+    Make(config);
+    const bool head_major = layout == PageLayout::kHeadMajor;
+    const std::byte* arena = pool_->arena();
+    const int64_t page = pool_->page_bytes();
+    ASSERT_EQ(page, int64_t{config.block_size} * config.head_dim * 2);
+    const int64_t pages = pool_->stats().arena_bytes / page;
+    ASSERT_EQ(pages, 2 * int64_t{config.num_layers} * config.num_kv_heads * pool_->num_blocks());
+    std::vector<int> hits(static_cast<size_t>(pages), 0);
+    for (int32_t layer = 0; layer < config.num_layers; ++layer) {
+      for (bool v : {false, true}) {
+        for (int32_t h = 0; h < config.num_kv_heads; ++h) {
+          for (BlockId b = 0; b < pool_->num_blocks(); ++b) {
+            const int64_t offset = pool_->PageData(layer, v, b, h) - arena;
+            ASSERT_EQ(offset % page, 0) << layer << " " << v << " " << h << " " << b;
+            ASSERT_GE(offset, 0);
+            ASSERT_LT(offset / page, pages);
+            ++hits[static_cast<size_t>(offset / page)];
+            if (head_major && b > 0) {
+              EXPECT_EQ(pool_->PageData(layer, v, b - 1, h) + page, arena + offset);
+            }
+            if (!head_major && h > 0) {
+              EXPECT_EQ(pool_->PageData(layer, v, b, h - 1) + page, arena + offset);
+            }
           }
         }
       }
     }
+    for (int64_t i = 0; i < pages; ++i) EXPECT_EQ(hits[static_cast<size_t>(i)], 1) << "page " << i;
   }
-  for (int64_t i = 0; i < pages; ++i) EXPECT_EQ(hits[static_cast<size_t>(i)], 1) << "page " << i;
 }
 
 TEST_F(PoolFixture, MetadataOnlyHasNoArena) {

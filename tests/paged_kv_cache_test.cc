@@ -39,6 +39,29 @@ TEST_F(CacheTest, CreateRejectsBadConfig) {
   absl::Status s = PagedKvCache::Create(config).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(s.message().find("head_dim = 0"), absl::string_view::npos) << s;
+  config = SmallConfig();
+  config.page_layout = static_cast<PageLayout>(7);
+  s = PagedKvCache::Create(config).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("page_layout = 7"), absl::string_view::npos) << s;
+}
+
+// kAuto lays pages out head-major without prefix caching (runs of blocks stay adjacent) and
+// block-major with it (pages stay scattered there); the view's strides say which.
+TEST_F(CacheTest, AutoPageLayoutFollowsPrefixCaching) {
+  for (bool prefix : {false, true}) {
+    CacheConfig config = SmallConfig(4, 16);
+    config.enable_prefix_caching = prefix;
+    Make(config);
+    const SeqId seq = NewSeq();
+    PKV_ASSERT_OK(cache_->Reserve(seq, 5));
+    PagedKvViewStorage storage;
+    PKV_ASSIGN_OR_FAIL(PagedKvView view, cache_->MakeView({seq}, &storage));
+    const int64_t page = int64_t{config.block_size} * view.row_stride_bytes;
+    EXPECT_EQ(prefix ? view.head_stride_bytes : view.block_stride_bytes, page) << prefix;
+    EXPECT_EQ(prefix ? view.block_stride_bytes : view.head_stride_bytes,
+              page * (prefix ? config.num_kv_heads : 16)) << prefix;
+  }
 }
 
 TEST_F(CacheTest, ReserveGrowsBlockTableAtBlockBoundaries) {

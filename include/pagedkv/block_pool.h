@@ -39,11 +39,12 @@ struct CachedBlockInfo {
 // Owns every K/V page of a cache. Block ids name the same token slots in every layer.
 //
 // Memory layout: one arena, allocated once and 2 MiB aligned, so addresses are stable for the
-// pool's whole life. Per layer a K pool then a V pool, each
-//   [num_kv_heads][num_blocks][block_size][head_dim]  of the storage dtype,
-// so one (layer, block, kv head) page is one contiguous run of block_size * head_dim elements,
-// and a KV head's pages of consecutive block ids are adjacent: a sequence whose blocks were
-// handed out in order is read, head by head, as one run (see view.h).
+// pool's whole life. Per layer a K pool then a V pool, each of the storage dtype and laid out
+//   [num_kv_heads][num_blocks][block_size][head_dim]  (PageLayout::kHeadMajor) or
+//   [num_blocks][num_kv_heads][block_size][head_dim]  (PageLayout::kBlockMajor),
+// so one (layer, block, kv head) page is one contiguous run of block_size * head_dim elements;
+// with kHeadMajor a KV head's pages of consecutive block ids are adjacent too, and a sequence
+// whose blocks were handed out in order is read, head by head, as one run (see view.h).
 // Beside the arena, each block keeps the token id of each of its slots.
 //
 // Invariants (CheckInvariants() recounts them):
@@ -117,7 +118,10 @@ class BlockPool {
   // REQUIRES: has_storage().
   std::byte* PageData(int32_t layer, bool is_value, BlockId b, int32_t kv_head) const {
     const int64_t pool = 2 * int64_t{layer} + (is_value ? 1 : 0);
-    return arena_ + ((pool * config_.num_kv_heads + kv_head) * num_blocks_ + b) * page_bytes_;
+    const int64_t page = head_major_
+                             ? (pool * config_.num_kv_heads + kv_head) * num_blocks_ + b
+                             : (pool * num_blocks_ + b) * config_.num_kv_heads + kv_head;
+    return arena_ + page * page_bytes_;
   }
   std::byte* arena() const { return arena_; }
   // Bytes of one page: one block's slots of one KV head in one pool.
@@ -155,6 +159,7 @@ class BlockPool {
   const CacheConfig config_;
   const int32_t num_blocks_;
   const int64_t page_bytes_;
+  const bool head_major_;  // config_.ResolvedPageLayout() == kHeadMajor.
   std::byte* const arena_;  // Owned; nullptr when metadata-only.
   const int64_t arena_bytes_;
 

@@ -11,7 +11,9 @@
 
 namespace pagedkv {
 
-// Page layout, one arena for all pools (P = 2 * num_layers pools, pool p = 2 * layer + is_value):
+// Page layout, one arena for all pools (P = 2 * num_layers pools, pool p = 2 * layer + is_value),
+// here PageLayout::kHeadMajor (kBlockMajor swaps the first two dimensions of each pool; the
+// strides below say which):
 //
 //   arena ─┬─ pool 0 (layer 0, K) ── [num_kv_heads][num_blocks][block_size][head_dim]
 //          ├─ pool 1 (layer 0, V) ── [num_kv_heads][num_blocks][block_size][head_dim]
@@ -20,17 +22,17 @@ namespace pagedkv {
 //
 // Token position `pos` of sequence s lives in block block_ids[block_offsets[s] + pos / block_size]
 // at slot pos % block_size. One (layer, block, kv head) page is a contiguous run of
-// block_size * head_dim elements, so a kernel streams a page with no gathers; and one KV head's
-// pages of consecutive block ids are adjacent, so where a block table names consecutive ids
-// (the pool hands out a fresh or just-freed run in order) the kernel streams the whole run.
+// block_size * head_dim elements, so a kernel streams a page with no gathers; with kHeadMajor one
+// KV head's pages of consecutive block ids are adjacent, so where a block table names consecutive
+// ids (the pool hands out runs where it can) the kernel streams the whole run.
 //
 // A view borrows: the arena from the cache, the tables from a PagedKvViewStorage. It stays valid
 // until the cache changes any of the viewed sequences or the storage is reused.
 struct PagedKvView {
   const std::byte* arena = nullptr;
   int64_t pool_stride_bytes = 0;   // Between consecutive pools.
-  int64_t head_stride_bytes = 0;   // Between kv heads of one pool: num_blocks pages.
-  int64_t block_stride_bytes = 0;  // Between blocks of one head: a page, block_size * head_dim.
+  int64_t head_stride_bytes = 0;   // Between kv heads of one block (kHeadMajor: num_blocks pages).
+  int64_t block_stride_bytes = 0;  // Between blocks of one head (kHeadMajor: one page).
   int64_t row_stride_bytes = 0;    // Between slots of one head: head_dim elems.
   int32_t num_layers = 0;
   int32_t num_kv_heads = 0;
