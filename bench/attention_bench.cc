@@ -30,9 +30,9 @@ DType DTypeArg(int64_t code) { return static_cast<DType>(code); }
 // A cache of `layers` layers (one unless asked) holding `batch` sequences of `context` tokens with
 // random K/V. Paged: pages of `page_tokens` (16 unless asked) handed out in random order, as a
 // long-running server's pool would, in runs of `run` consecutive block ids (1 unless asked: every
-// page on its own), in the pools' default page order (kAuto: head-major, as prefix caching is
-// off) unless asked. Contiguous: one page per sequence, so each (sequence, head) is one
-// contiguous array.
+// page on its own) in block-major pools unless asked: the page order PageLayout::kAuto picks
+// where pages stay scattered (with prefix caching). Contiguous: one page per sequence, so each
+// (sequence, head) is one contiguous array.
 struct Fixture {
   int32_t kv_heads;
   std::unique_ptr<PagedKvCache> cache;
@@ -42,7 +42,7 @@ struct Fixture {
 
   Fixture(int64_t batch, int64_t context, DType dtype, bool paged, int32_t heads = kKvHeads,
           int32_t layers = 1, int32_t page_tokens = 16, int32_t run = 1,
-          PageLayout layout = PageLayout::kAuto)
+          PageLayout layout = PageLayout::kBlockMajor)
       : kv_heads(heads) {
     CacheConfig config;
     config.page_layout = layout;
