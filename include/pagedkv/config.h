@@ -28,13 +28,14 @@ enum class PageLayout : uint8_t {
   // [kv_head][block]: a head's pages of consecutive block ids are adjacent, so a run of them in a
   // block table is read as one array. Pools hand out runs where blocks are free (without prefix
   // caching, pagedkv-sim's sequences average 432 tokens of adjacent pages on the Azure trace).
-  // bf16 decode from DRAM, one thread: runs of 32 and 128 pages 1.09x and 1.01x the contiguous
-  // time, scattered pages 1.7x; in L3 1.03-1.04x and 1.26x (BM_DecodePageRun).
+  // bf16 decode from DRAM, one thread: runs of 32 and 128 pages 1.09-1.16x and 1.01-1.06x the
+  // contiguous time, scattered pages 1.68-1.75x; in L3 0.99-1.04x and 1.21-1.26x
+  // (BM_DecodePageRun).
   kHeadMajor = 1,
   // [block][kv_head]: a block's heads are adjacent. Scattered pages decode 1.16-1.25x as fast as
   // with kHeadMajor from DRAM (the hardware prefetcher runs on into the next head's page, which
-  // the next work item reads), but runs gain nothing (1.33x the contiguous time from DRAM, 1.32x
-  // in L3). With prefix caching the pool evicts in LRU order and pages stay scattered (16-21
+  // the next work item reads), but runs gain nothing (1.33-1.39x the contiguous time from DRAM,
+  // 1.17-1.32x in L3). With prefix caching the pool evicts in LRU order and pages stay scattered (16-21
   // tokens per run in pagedkv-sim), so kAuto picks this layout there.
   kBlockMajor = 2,
 };

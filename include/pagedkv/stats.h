@@ -22,8 +22,9 @@ struct CacheStats {
   // Block-table entries minus used blocks: blocks that unshared copies would need in addition.
   int64_t blocks_saved_by_sharing = 0;
   // Block-table entries of all sequences, and the runs they form: maximal stretches of
-  // consecutive block ids. A KV head's pages of a run are adjacent in the pool, so decode reads a
-  // run as one array: entries / runs is how many pages it streams between jumps.
+  // consecutive block ids. In head-major pools (PageLayout) a KV head's pages of a run are
+  // adjacent, so decode reads a run as one array: entries / runs is how many pages it streams
+  // between jumps.
   int64_t table_entries = 0;
   int64_t table_runs = 0;
   // Prefix cache, since creation: CreateSequence calls that looked up a prompt, those that hit at
