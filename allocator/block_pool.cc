@@ -53,6 +53,9 @@ BlockPool::BlockPool(const CacheConfig& config, int32_t num_blocks, std::byte* a
       lru_prev_(static_cast<size_t>(num_blocks), kNoBlock),
       lru_next_(static_cast<size_t>(num_blocks), kNoBlock),
       cached_(static_cast<size_t>(num_blocks)),
+      first_child_(static_cast<size_t>(num_blocks), kNoBlock),
+      next_sibling_(static_cast<size_t>(num_blocks), kNoBlock),
+      prev_sibling_(static_cast<size_t>(num_blocks), kNoBlock),
       tokens_(static_cast<size_t>(num_blocks) * static_cast<size_t>(config.block_size), 0) {
   free_stack_.reserve(static_cast<size_t>(num_blocks));
   // Block 0 on top: a fresh pool hands out ids in increasing order.
@@ -75,6 +78,15 @@ void BlockPool::RemoveFree(BlockId b) {
   free_stack_.pop_back();
   free_pos_[Index(b)] = -1;
   PoisonPages(b, false);
+}
+
+void BlockPool::Claim(BlockId b) {
+  if (state_[Index(b)] == State::kFree) {
+    RemoveFree(b);
+  } else {
+    Evict(b);
+  }
+  MarkUsed(b);
 }
 
 void BlockPool::MarkUsed(BlockId b) {
@@ -120,14 +132,12 @@ BlockId BlockPool::TryAllocate() {
   BlockId b;
   if (!free_stack_.empty()) {
     b = free_stack_.back();
-    RemoveFree(b);
   } else if (lru_head_ != kNoBlock) {
     b = lru_head_;
-    Evict(b);
   } else {
     return kNoBlock;
   }
-  MarkUsed(b);
+  Claim(b);
   return b;
 }
 
@@ -172,11 +182,16 @@ int64_t BlockPool::AllocateRun(BlockId prev, int64_t n, std::vector<BlockId>* ou
       }
       at = next;
     }
-    for (BlockId b = lo; b <= hi; ++b) {
-      Evict(b);
-      MarkUsed(b);
-      out->push_back(b);
+    // Claimed in LRU order, so that extensions go before their prefix (a block freed with its
+    // prefix's key is claimed as free).
+    const BlockId count = hi - lo + 1;
+    victims_.clear();
+    for (BlockId at = lru_head_; static_cast<BlockId>(victims_.size()) < count;
+         at = lru_next_[Index(at)]) {
+      victims_.push_back(at);
     }
+    for (BlockId b : victims_) Claim(b);
+    for (BlockId b = lo; b <= hi; ++b) out->push_back(b);
   }
   return static_cast<int64_t>(out->size() - before);
 }
@@ -201,18 +216,67 @@ void BlockPool::Release(BlockId b) {
   }
 }
 
-bool BlockPool::Register(BlockId b, uint64_t key, uint64_t parent_registration, uint64_t salt) {
+bool BlockPool::Register(BlockId b, uint64_t key, BlockId parent, uint64_t salt) {
   auto [it, inserted] = key_to_block_.try_emplace(key, b);
   if (!inserted) return false;
-  cached_[Index(b)] = CachedBlockInfo{key, next_registration_++, parent_registration, salt};
+  const uint64_t parent_registration =
+      parent == kNoBlock ? 0 : cached_[Index(parent)].registration;
+  cached_[Index(b)] =
+      CachedBlockInfo{key, next_registration_++, parent_registration, salt, parent};
+  if (parent != kNoBlock) LinkChild(parent, b);
   return true;
 }
 
 void BlockPool::Unregister(BlockId b) { DropKey(b); }
 
+void BlockPool::LinkChild(BlockId parent, BlockId child) {
+  const BlockId first = first_child_[Index(parent)];
+  next_sibling_[Index(child)] = first;
+  prev_sibling_[Index(child)] = kNoBlock;
+  if (first != kNoBlock) prev_sibling_[Index(first)] = child;
+  first_child_[Index(parent)] = child;
+}
+
+void BlockPool::UnlinkChild(BlockId child) {
+  const BlockId parent = cached_[Index(child)].parent;
+  if (parent == kNoBlock) return;
+  const BlockId prev = prev_sibling_[Index(child)];
+  const BlockId next = next_sibling_[Index(child)];
+  if (prev != kNoBlock) {
+    next_sibling_[Index(prev)] = next;
+  } else {
+    first_child_[Index(parent)] = next;
+  }
+  if (next != kNoBlock) prev_sibling_[Index(next)] = prev;
+  next_sibling_[Index(child)] = prev_sibling_[Index(child)] = kNoBlock;
+}
+
 void BlockPool::DropKey(BlockId b) {
-  key_to_block_.erase(cached_[Index(b)].key);
-  cached_[Index(b)] = CachedBlockInfo{};
+  UnlinkChild(b);
+  drop_stack_.clear();
+  drop_stack_.push_back(b);
+  while (!drop_stack_.empty()) {
+    const BlockId d = drop_stack_.back();
+    drop_stack_.pop_back();
+    for (BlockId c = first_child_[Index(d)]; c != kNoBlock; c = next_sibling_[Index(c)]) {
+      drop_stack_.push_back(c);
+    }
+    first_child_[Index(d)] = kNoBlock;
+    next_sibling_[Index(d)] = prev_sibling_[Index(d)] = kNoBlock;
+    key_to_block_.erase(cached_[Index(d)].key);
+    cached_[Index(d)] = CachedBlockInfo{};
+    if (d == b) continue;
+    // An extension: a table that held it would hold its prefix b too, so it is evictable (or,
+    // were that ever not so, stays with its holders, uncached).
+    ++dropped_extensions_;
+    ++evictions_;
+    if (state_[Index(d)] == State::kEvictable) {
+      LruUnlink(d);
+      state_[Index(d)] = State::kFree;
+      PushFree(d);
+      PoisonPages(d, true);
+    }
+  }
 }
 
 BlockId BlockPool::Lookup(uint64_t key) const {
@@ -275,6 +339,7 @@ void BlockPool::Reset() {
   free_stack_.clear();
   for (BlockId b = num_blocks_ - 1; b >= 0; --b) {
     cached_[Index(b)] = CachedBlockInfo{};
+    first_child_[Index(b)] = next_sibling_[Index(b)] = prev_sibling_[Index(b)] = kNoBlock;
     state_[Index(b)] = State::kFree;
     ref_count_[Index(b)] = 0;
     lru_prev_[Index(b)] = lru_next_[Index(b)] = kNoBlock;
@@ -295,6 +360,7 @@ PoolStats BlockPool::stats() const {
   s.block_bytes = config_.BlockBytes();
   s.arena_bytes = arena_bytes_;
   s.evictions = evictions_;
+  s.dropped_extensions = dropped_extensions_;
   return s;
 }
 
@@ -331,6 +397,7 @@ absl::Status BlockPool::CheckInvariants(absl::Span<const int32_t> expected_ref_c
   }
   int32_t used = 0;
   int32_t registered = 0;
+  std::vector<int32_t> child_count(Index(num_blocks_), 0);
   for (BlockId b = 0; b < num_blocks_; ++b) {
     const size_t i = Index(b);
     const bool is_registered = cached_[i].registration != 0;
@@ -359,6 +426,40 @@ absl::Status BlockPool::CheckInvariants(absl::Span<const int32_t> expected_ref_c
       if (cached_[i].registration >= next_registration_) {
         return fail("block ", b, " has a registration id not yet handed out");
       }
+      const BlockId parent = cached_[i].parent;
+      if (parent == kNoBlock) {
+        if (cached_[i].parent_registration != 0) {
+          return fail("first block ", b, " names parent registration ",
+                      cached_[i].parent_registration);
+        }
+      } else {
+        if (parent < 0 || parent >= num_blocks_ ||
+            cached_[Index(parent)].registration != cached_[i].parent_registration) {
+          return fail("block ", b, " extends block ", parent, " under registration ",
+                      cached_[i].parent_registration, ", which that block does not hold");
+        }
+        ++child_count[Index(parent)];
+      }
+    } else if (first_child_[i] != kNoBlock || next_sibling_[i] != kNoBlock ||
+               prev_sibling_[i] != kNoBlock) {
+      return fail("unregistered block ", b, " is linked into the prefix tree");
+    }
+  }
+  for (BlockId b = 0; b < num_blocks_; ++b) {
+    int32_t listed = 0;
+    BlockId prev_child = kNoBlock;
+    for (BlockId c = first_child_[Index(b)]; c != kNoBlock && listed <= num_blocks_;
+         c = next_sibling_[Index(c)]) {
+      if (c < 0 || c >= num_blocks_ || cached_[Index(c)].parent != b ||
+          prev_sibling_[Index(c)] != prev_child) {
+        return fail("block ", b, "'s list of extensions is broken at block ", c);
+      }
+      prev_child = c;
+      ++listed;
+    }
+    if (listed != child_count[Index(b)]) {
+      return fail("block ", b, " lists ", listed, " extensions but ", child_count[Index(b)],
+                  " registered blocks name it");
     }
   }
   if (static_cast<size_t>(registered) != key_to_block_.size()) {

@@ -256,7 +256,7 @@ void PagedKvCache::RegisterFullBlocks(Sequence& seq) {
       const uint64_t key = block_hash_(
           parent_key, absl::MakeConstSpan(pool_->tokens(b), static_cast<size_t>(block_size_)),
           seq.salt);
-      if (!pool_->Register(b, key, parent_registration, seq.salt)) {
+      if (!pool_->Register(b, key, i > 0 ? seq.blocks[i - 1] : kNoBlock, seq.salt)) {
         // Another block holds the key (the same prefix computed twice, or a collision): this
         // sequence's later blocks stay out of the index.
         seq.chain_open = false;

@@ -114,9 +114,9 @@ TEST_F(PoolFixture, CachedBlocksBecomeEvictableAndAreEvictedLeastRecentlyUsedFir
   const BlockId a = Alloc();
   const BlockId b = Alloc();
   const BlockId c = Alloc();
-  ASSERT_TRUE(pool_->Register(a, 100, 0, 0));
-  ASSERT_TRUE(pool_->Register(b, 200, 0, 0));
-  EXPECT_FALSE(pool_->Register(c, 100, 0, 0)) << "key 100 is taken";
+  ASSERT_TRUE(pool_->Register(a, 100, kNoBlock, 0));
+  ASSERT_TRUE(pool_->Register(b, 200, kNoBlock, 0));
+  EXPECT_FALSE(pool_->Register(c, 100, kNoBlock, 0)) << "key 100 is taken";
   Release(a);  // LRU: a
   Release(b);  // LRU: a, b
   Release(c);  // free
@@ -138,8 +138,8 @@ TEST_F(PoolFixture, RevivedBlockMovesToMostRecentEnd) {
   Make(test::SmallConfig(4, 3));
   const BlockId a = Alloc();
   const BlockId b = Alloc();
-  ASSERT_TRUE(pool_->Register(a, 1, 0, 0));
-  ASSERT_TRUE(pool_->Register(b, 2, 0, 0));
+  ASSERT_TRUE(pool_->Register(a, 1, kNoBlock, 0));
+  ASSERT_TRUE(pool_->Register(b, 2, kNoBlock, 0));
   Release(a);
   Release(b);  // LRU: a, b
   Acquire(a);
@@ -147,6 +147,59 @@ TEST_F(PoolFixture, RevivedBlockMovesToMostRecentEnd) {
   Alloc();     // The free block.
   EXPECT_EQ(Alloc(), b);
   EXPECT_EQ(pool_->Lookup(1), a);
+}
+
+// A block's key names its prefix too, so when the prefix goes, no lookup can reach the block: its
+// key is dropped with the prefix's and, when nothing holds it, it is free at once.
+TEST_F(PoolFixture, EvictingAPrefixFreesItsCachedExtensions) {
+  Make(test::SmallConfig(4, 5));
+  const BlockId a = Alloc();
+  const BlockId b = Alloc();
+  const BlockId c = Alloc();
+  const BlockId d = Alloc();
+  const BlockId other = Alloc();
+  ASSERT_TRUE(pool_->Register(a, 1, kNoBlock, 0));
+  ASSERT_TRUE(pool_->Register(b, 2, a, 0));  // a b c, and a d.
+  ASSERT_TRUE(pool_->Register(c, 3, b, 0));
+  ASSERT_TRUE(pool_->Register(d, 4, a, 0));
+  ASSERT_TRUE(pool_->Register(other, 5, kNoBlock, 0));
+  EXPECT_EQ(pool_->cached(c)->parent, b);
+  EXPECT_EQ(pool_->cached(c)->parent_registration, pool_->cached(b)->registration);
+  Check();
+  for (BlockId x : {a, b, c, d, other}) Release(x);  // LRU: a b c d other.
+  Check();
+  EXPECT_EQ(Alloc(), a) << "the least recently used block";
+  for (uint64_t key : {1, 2, 3, 4}) EXPECT_EQ(pool_->Lookup(key), kNoBlock) << key;
+  EXPECT_EQ(pool_->Lookup(5), other);
+  const PoolStats st = pool_->stats();
+  EXPECT_EQ(st.free_blocks, 3);
+  EXPECT_EQ(st.evictable_blocks, 1);
+  EXPECT_EQ(st.evictions, 4);
+  EXPECT_EQ(st.dropped_extensions, 3);
+  Check();
+  EXPECT_EQ(Alloc(), d) << "the freed extensions go before any cached block";
+  EXPECT_EQ(pool_->Lookup(5), other);
+  Check();
+}
+
+TEST_F(PoolFixture, UnregisteringABlockDropsItsExtensions) {
+  Make(test::SmallConfig(4, 4));
+  const BlockId a = Alloc();
+  const BlockId b = Alloc();
+  const BlockId c = Alloc();
+  ASSERT_TRUE(pool_->Register(a, 1, kNoBlock, 0));
+  ASSERT_TRUE(pool_->Register(b, 2, a, 0));
+  ASSERT_TRUE(pool_->Register(c, 3, b, 0));
+  Release(c);
+  Release(b);  // a stays held.
+  pool_->Unregister(a);
+  EXPECT_EQ(pool_->cached(a), nullptr);
+  EXPECT_EQ(pool_->Lookup(3), kNoBlock);
+  EXPECT_EQ(pool_->stats().free_blocks, 3);
+  EXPECT_EQ(pool_->stats().dropped_extensions, 2);
+  Check();
+  EXPECT_TRUE(pool_->Register(Alloc(), 3, kNoBlock, 0)) << "the dropped key can be taken again";
+  Check();
 }
 
 TEST_F(PoolFixture, AllocateRunContinuesThroughFreeBlocks) {
@@ -172,7 +225,7 @@ TEST_F(PoolFixture, AllocateRunEvictsTheNextVictimsAsARun) {
   Make(test::SmallConfig(4, 8));
   const std::vector<BlockId> seq = AllocRun(kNoBlock, 5);  // 0 .. 4: a sequence's blocks.
   AllocRun(kNoBlock, 3);                                   // 5 .. 7, held.
-  for (BlockId b : seq) ASSERT_TRUE(pool_->Register(b, 100 + b, 0, 0));
+  for (BlockId b : seq) ASSERT_TRUE(pool_->Register(b, 100 + b, kNoBlock, 0));
   for (int i = 4; i >= 0; --i) Release(seq[static_cast<size_t>(i)]);  // LRU: 4 3 2 1 0.
   Release(6);  // Free.
   EXPECT_EQ(AllocRun(kNoBlock, 3), (std::vector<BlockId>{6})) << "a free block goes first";
@@ -189,7 +242,7 @@ TEST_F(PoolFixture, AllocateRunEvictsTheNextVictimsAsARun) {
 TEST_F(PoolFixture, AllocateRunStopsWhereTheLruOrderLeavesTheRun) {
   Make(test::SmallConfig(4, 4));
   AllocRun(kNoBlock, 4);
-  for (BlockId b = 0; b < 4; ++b) ASSERT_TRUE(pool_->Register(b, 10 + b, 0, 0));
+  for (BlockId b = 0; b < 4; ++b) ASSERT_TRUE(pool_->Register(b, 10 + b, kNoBlock, 0));
   Release(2);
   Release(0);
   Release(1);
@@ -300,7 +353,7 @@ TEST_F(PoolFixture, CheckInvariantsCatchesAWrongCount) {
 TEST_F(PoolFixture, ResetReturnsEverything) {
   Make(test::SmallConfig(4, 4));
   const BlockId a = Alloc();
-  ASSERT_TRUE(pool_->Register(a, 9, 0, 0));
+  ASSERT_TRUE(pool_->Register(a, 9, kNoBlock, 0));
   Release(a);
   pool_->Reset();
   EXPECT_EQ(pool_->stats().free_blocks, 4);

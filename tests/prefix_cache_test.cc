@@ -198,6 +198,24 @@ TEST_F(PrefixCacheTest, TruncatedCachedBlockIsNotCorruptedByNewTokens) {
   EXPECT_EQ(tokens, prompt);
 }
 
+// Speculative tokens rolled back into a cached block: the block leaves the index when it is
+// rewritten, and so does the cached block after it, which no lookup can reach any more. Kept, it
+// held its key, so recomputing the same prompt could not register its third block again.
+TEST_F(PrefixCacheTest, RewrittenBlockTakesItsCachedExtensionsOutOfTheIndex) {
+  Make(4, 32);
+  const std::vector<int32_t> prompt = Tokens(10, 13);  // 3 full blocks + 1.
+  NewSequence first = Prefill(prompt);
+  const BlockId third = (*cache_->BlockTable(first.id))[2];
+  PKV_ASSERT_OK(cache_->Truncate(first.id, 6));  // The third block is released, still cached.
+  EXPECT_NE(cache_->pool().cached(third), nullptr);
+  PKV_ASSERT_OK(cache_->Reserve(first.id, Tokens(900, 3)));  // Rewrites the second block.
+  PKV_EXPECT_OK(cache_->CheckInvariants());
+  EXPECT_EQ(cache_->pool().cached(third), nullptr);
+  EXPECT_EQ(cache_->pool().stats().dropped_extensions, 1);
+  EXPECT_EQ(Prefill(prompt).cached_tokens, 4) << "only the first block still matches";
+  EXPECT_EQ(Prefill(prompt).cached_tokens, 12) << "the recomputed blocks were all registered";
+}
+
 TEST_F(PrefixCacheTest, SharedTruncatedBlockIsCopiedNotOverwritten) {
   Make(4, 32);
   const std::vector<int32_t> prompt = Tokens(10, 9);

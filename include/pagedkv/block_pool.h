@@ -26,6 +26,9 @@ struct PoolStats {
   int64_t block_bytes = 0;       // K and V bytes one block id names, all layers.
   int64_t arena_bytes = 0;       // Bytes allocated for K/V; 0 when metadata-only.
   int64_t evictions = 0;         // Cached blocks reused for something else, since creation.
+  // Of those, cached blocks dropped because a block before them in their prefix was: no lookup
+  // can reach them any more, so they are freed at once.
+  int64_t dropped_extensions = 0;
 };
 
 // The prefix-index entry of a registered block.
@@ -34,6 +37,7 @@ struct CachedBlockInfo {
   uint64_t registration = 0;         // Unique per registration, never reused; > 0.
   uint64_t parent_registration = 0;  // `registration` of the block before it; 0 for a first block.
   uint64_t salt = 0;                 // Tenant salt; blocks of different salts never match.
+  BlockId parent = kNoBlock;         // The registered block before it; kNoBlock for a first block.
 };
 
 // Owns every K/V page of a cache. Block ids name the same token slots in every layer.
@@ -54,6 +58,8 @@ struct CachedBlockInfo {
 //   3. ref_count[b] == number of block-table entries naming b (checked against the caller's count).
 //   4. evictable => registered; free => not registered; the key index maps each registered key
 //      to its block and nothing else.
+//   5. a registered block's parent is registered, under the registration it records, and lists
+//      it among its children: dropping a block's key drops its extensions' keys too.
 //
 // Thread safety: none; the owner (PagedKvCache) serializes calls.
 class BlockPool {
@@ -100,10 +106,12 @@ class BlockPool {
   void Release(BlockId b);
   int32_t ref_count(BlockId b) const { return ref_count_[static_cast<size_t>(b)]; }
 
-  // Prefix index. Registers used block b under `key`. Returns false, changing nothing, when the
-  // key is already taken. REQUIRES: b used and not registered.
-  bool Register(BlockId b, uint64_t key, uint64_t parent_registration, uint64_t salt);
-  // Drops b's key. REQUIRES: b used and registered.
+  // Prefix index. Registers used block b under `key` as the extension of `parent` (kNoBlock for a
+  // first block). Returns false, changing nothing, when the key is already taken.
+  // REQUIRES: b used and not registered; parent kNoBlock or registered.
+  bool Register(BlockId b, uint64_t key, BlockId parent, uint64_t salt);
+  // Drops b's key, and those of its extensions (which no lookup could reach any more): evictable
+  // ones become free. REQUIRES: b used and registered.
   void Unregister(BlockId b);
   // The block registered under `key`, or kNoBlock.
   BlockId Lookup(uint64_t key) const;
@@ -146,11 +154,17 @@ class BlockPool {
   static size_t Index(BlockId b) { return static_cast<size_t>(b); }
   void LruPushBack(BlockId b);
   void LruUnlink(BlockId b);
+  // Drops b's key and, depth first, those of every registered extension of it; extensions that
+  // were evictable become free.
   void DropKey(BlockId b);
+  void LinkChild(BlockId parent, BlockId child);
+  void UnlinkChild(BlockId child);
   // Under AddressSanitizer, free blocks' K/V pages are poisoned, so a stale view into a freed
   // block is reported at the first access; elsewhere this does nothing.
   void PoisonPages(BlockId b, bool poison) const;
   void Evict(BlockId b);  // Drops an evictable block's LRU place and key, for reuse.
+  // Takes a free or evictable block for use.
+  void Claim(BlockId b);
   void PushFree(BlockId b);
   // Takes free block b off the free stack, wherever it is, O(1).
   void RemoveFree(BlockId b);
@@ -175,9 +189,16 @@ class BlockPool {
   int32_t num_evictable_ = 0;
 
   std::vector<CachedBlockInfo> cached_;  // registration == 0: not registered.
+  // Each registered block's registered extensions, as a doubly linked list through siblings.
+  std::vector<BlockId> first_child_;
+  std::vector<BlockId> next_sibling_;
+  std::vector<BlockId> prev_sibling_;
+  std::vector<BlockId> drop_stack_;  // DropKey's scratch.
+  std::vector<BlockId> victims_;     // AllocateRun's scratch.
   absl::flat_hash_map<uint64_t, BlockId> key_to_block_;
   uint64_t next_registration_ = 1;
   int64_t evictions_ = 0;
+  int64_t dropped_extensions_ = 0;
 
   std::vector<int32_t> tokens_;  // [num_blocks][block_size]
 };
