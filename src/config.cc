@@ -57,6 +57,9 @@ absl::Status CacheConfig::Validate() const {
     return OutOfRange("page_layout", static_cast<int>(page_layout),
                       "want kAuto, kHeadMajor or kBlockMajor");
   }
+  if (eviction_order != EvictionOrder::kLru && eviction_order != EvictionOrder::kSweep) {
+    return OutOfRange("eviction_order", static_cast<int>(eviction_order), "want kLru or kSweep");
+  }
   if (max_seq_len < 1) return OutOfRange("max_seq_len", max_seq_len, "want >= 1");
   if (num_blocks < 0) return OutOfRange("num_blocks", num_blocks, "want >= 0 (0: use the budget)");
   if (num_blocks == 0) {
@@ -82,7 +85,9 @@ absl::Status CacheConfig::Validate() const {
 
 PageLayout CacheConfig::ResolvedPageLayout() const {
   if (page_layout != PageLayout::kAuto) return page_layout;
-  return enable_prefix_caching ? PageLayout::kBlockMajor : PageLayout::kHeadMajor;
+  // Pages form runs without prefix caching and with sweep eviction; LRU eviction scatters them.
+  return enable_prefix_caching && eviction_order == EvictionOrder::kLru ? PageLayout::kBlockMajor
+                                                                         : PageLayout::kHeadMajor;
 }
 
 int32_t CacheConfig::ResolvedNumBlocks() const {

@@ -342,6 +342,58 @@ TEST_F(PoolFixture, MetadataOnlyHasNoArena) {
   Release(Alloc());
 }
 
+CacheConfig SweepConfig(int32_t num_blocks) {
+  CacheConfig config = test::SmallConfig(4, num_blocks);
+  config.eviction_order = EvictionOrder::kSweep;
+  return config;
+}
+
+TEST_F(PoolFixture, SweepHandsOutRunsFromTheCursorAndLeavesRoomToGrow) {
+  Make(SweepConfig(40));
+  EXPECT_EQ(AllocRun(kNoBlock, 3), (std::vector<BlockId>{0, 1, 2}));
+  EXPECT_EQ(AllocRun(kNoBlock, 2), (std::vector<BlockId>{19, 20})) << "16 blocks left after 2";
+  EXPECT_EQ(AllocRun(2, 4), (std::vector<BlockId>{3, 4, 5, 6})) << "growing into them";
+  EXPECT_EQ(AllocRun(kNoBlock, 5), (std::vector<BlockId>{37, 38, 39})) << "up to the end";
+  EXPECT_EQ(AllocRun(kNoBlock, 1), (std::vector<BlockId>{16})) << "the cursor wrapped";
+  EXPECT_EQ(Alloc(), 33);
+}
+
+// An evictable block released since the cursor last passed it is passed over once.
+TEST_F(PoolFixture, SweepGivesRecentlyReleasedBlocksASecondChance) {
+  Make(SweepConfig(4));
+  AllocRun(kNoBlock, 4);  // The cursor wraps to 0.
+  for (BlockId b = 0; b < 3; ++b) ASSERT_TRUE(pool_->Register(b, 10 + b, kNoBlock, 0));
+  for (BlockId b = 0; b < 3; ++b) Release(b);  // 3 stays held.
+  EXPECT_EQ(AllocRun(kNoBlock, 1), (std::vector<BlockId>{0}))
+      << "all three were released since the cursor passed: the second lap takes the first";
+  EXPECT_EQ(pool_->Lookup(10), kNoBlock);
+  Acquire(1);  // A prefix hit, then released again: 1 is recent, 2 is not.
+  Release(1);
+  EXPECT_EQ(AllocRun(kNoBlock, 1), (std::vector<BlockId>{2}));
+  EXPECT_EQ(pool_->Lookup(11), 1);
+  EXPECT_EQ(pool_->Lookup(12), kNoBlock);
+  EXPECT_EQ(pool_->stats().evictions, 2);
+}
+
+// The sweep may reach a prefix before its extensions: they go with it, freed, and a sequence
+// grows into them.
+TEST_F(PoolFixture, SweepEvictingAPrefixFreesItsExtensions) {
+  Make(SweepConfig(4));
+  AllocRun(kNoBlock, 4);
+  ASSERT_TRUE(pool_->Register(0, 1, kNoBlock, 0));
+  ASSERT_TRUE(pool_->Register(1, 2, 0, 0));
+  ASSERT_TRUE(pool_->Register(2, 3, 1, 0));
+  for (BlockId b : {2, 1, 0}) Release(b);  // Deepest first; 3 stays held.
+  EXPECT_EQ(AllocRun(kNoBlock, 1), (std::vector<BlockId>{0}));
+  EXPECT_EQ(pool_->stats().dropped_extensions, 2);
+  EXPECT_EQ(pool_->stats().free_blocks, 2);
+  EXPECT_EQ(AllocRun(0, 3), (std::vector<BlockId>{1, 2}));
+  std::vector<BlockId> none;
+  EXPECT_EQ(pool_->AllocateRun(2, 1, &none), 0);
+  EXPECT_EQ(pool_->Allocate().status().code(), absl::StatusCode::kResourceExhausted);
+  Check();
+}
+
 TEST_F(PoolFixture, CheckInvariantsCatchesAWrongCount) {
   Make(test::SmallConfig(4, 4));
   const BlockId a = Alloc();

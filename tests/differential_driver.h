@@ -20,10 +20,12 @@
 namespace pagedkv::test {
 
 // A small model in a pool of 512 token slots, so that running out of blocks comes often.
-inline CacheConfig DifferentialConfig(int32_t block_size, DType dtype, bool prefix_caching) {
+inline CacheConfig DifferentialConfig(int32_t block_size, DType dtype, bool prefix_caching,
+                                      EvictionOrder eviction_order = EvictionOrder::kLru) {
   CacheConfig config = SmallConfig(block_size, /*num_blocks=*/512 / block_size, dtype);
   config.max_seq_len = 200;
   config.enable_prefix_caching = prefix_caching;
+  config.eviction_order = eviction_order;
   return config;
 }
 

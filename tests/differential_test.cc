@@ -27,9 +27,14 @@ using Case = std::tuple<int32_t, DType, bool>;  // block size, dtype, prefix cac
 
 class DifferentialTest : public ::testing::TestWithParam<Case> {};
 
+// With prefix caching, the f16 cases evict by sweep (EvictionOrder::kSweep), the others by LRU.
+EvictionOrder EvictionOf(DType dtype) {
+  return dtype == DType::kF16 ? EvictionOrder::kSweep : EvictionOrder::kLru;
+}
+
 TEST_P(DifferentialTest, MatchesContiguousReference) {
   const auto [block_size, dtype, caching] = GetParam();
-  const CacheConfig config = DifferentialConfig(block_size, dtype, caching);
+  const CacheConfig config = DifferentialConfig(block_size, dtype, caching, EvictionOf(dtype));
   const uint64_t seed = static_cast<uint64_t>(block_size) * 131 + static_cast<int>(dtype) * 7 +
                         (caching ? 1 : 0);
   Driver driver(config, seed);
@@ -56,7 +61,10 @@ INSTANTIATE_TEST_SUITE_P(
     [](const ::testing::TestParamInfo<Case>& param) {
       return absl::StrCat("block", std::get<0>(param.param), "_",
                           DTypeName(std::get<1>(param.param)),
-                          std::get<2>(param.param) ? "_prefix" : "_noprefix");
+                          !std::get<2>(param.param) ? "_noprefix"
+                          : EvictionOf(std::get<1>(param.param)) == EvictionOrder::kSweep
+                              ? "_prefix_sweep"
+                              : "_prefix");
     });
 
 }  // namespace

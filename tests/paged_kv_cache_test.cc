@@ -44,14 +44,22 @@ TEST_F(CacheTest, CreateRejectsBadConfig) {
   s = PagedKvCache::Create(config).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(s.message().find("page_layout = 7"), absl::string_view::npos) << s;
+  config = SmallConfig();
+  config.eviction_order = static_cast<EvictionOrder>(3);
+  s = PagedKvCache::Create(config).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("eviction_order = 3"), absl::string_view::npos) << s;
 }
 
-// kAuto lays pages out head-major without prefix caching (runs of blocks stay adjacent) and
-// block-major with it (pages stay scattered there); the view's strides say which.
+// kAuto lays pages out head-major without prefix caching or with sweep eviction (runs of blocks
+// stay adjacent) and block-major with LRU-evicted prefix caching (pages stay scattered there);
+// the view's strides say which.
 TEST_F(CacheTest, AutoPageLayoutFollowsPrefixCaching) {
-  for (bool prefix : {false, true}) {
+  for (int mode = 0; mode < 3; ++mode) {
     CacheConfig config = SmallConfig(4, 16);
-    config.enable_prefix_caching = prefix;
+    config.enable_prefix_caching = mode > 0;
+    config.eviction_order = mode == 2 ? EvictionOrder::kSweep : EvictionOrder::kLru;
+    const bool prefix = mode == 1;  // Block-major.
     Make(config);
     const SeqId seq = NewSeq();
     PKV_ASSERT_OK(cache_->Reserve(seq, 5));

@@ -1,5 +1,6 @@
 // pagedkv-sim's scheduler: hand-computable runs, invariants every step, determinism.
 #include <cstdint>
+#include <cstdio>
 #include <memory>
 #include <vector>
 
@@ -141,6 +142,34 @@ TEST(SimulatorTest, BeamsAndSamplesKeepInvariantsAndAreDeterministic) {
   PKV_ASSIGN_OR_FAIL(PolicyResult accounting, RunOne(w, s, "paged", TinyOptions(4000, 2048)));
   EXPECT_EQ(materialized.steps, accounting.steps);
   EXPECT_EQ(materialized.preemptions, accounting.preemptions);
+}
+
+// Once the pool is full of cached blocks, LRU eviction scatters pages and sweep eviction keeps
+// them in runs; every step's invariants hold either way.
+TEST(SimulatorTest, SweepEvictionKeepsPagesInRuns) {
+  Workload w = SyntheticWorkload(300, 9);
+  for (Request& r : w.requests) {
+    r.prompt_tokens = std::min<int64_t>(r.prompt_tokens, 400);
+    r.output_tokens = std::min<int64_t>(r.output_tokens, 80);
+    r.arrival_seconds /= 2;
+  }
+  SimOptions s = ExactOptions();
+  s.watermark = 0.01;
+  s.step_seconds = 0.01;
+  BackendOptions lru = TinyOptions(16000, 2048);
+  lru.block_size = 16;
+  BackendOptions sweep = lru;
+  sweep.eviction_order = EvictionOrder::kSweep;
+  PKV_ASSIGN_OR_FAIL(PolicyResult a, RunOne(w, s, "paged", lru));
+  PKV_ASSIGN_OR_FAIL(PolicyResult b, RunOne(w, s, "paged", sweep));
+  std::printf("run tokens: LRU %.1f, sweep %.1f; prefix hit rate: LRU %.4f, sweep %.4f\n",
+              a.run_tokens_mean, b.run_tokens_mean, a.prefix_hit_rate, b.prefix_hit_rate);
+  EXPECT_EQ(a.completed, 300);
+  EXPECT_EQ(b.completed, 300);
+  EXPECT_GT(a.prefix_hit_rate, 0.0);
+  EXPECT_GT(b.prefix_hit_rate, 0.0);
+  EXPECT_GT(b.run_tokens_mean, 2 * a.run_tokens_mean);
+  EXPECT_GT(b.prefix_hit_rate, 0.95 * a.prefix_hit_rate) << "chances keep the popular prefixes";
 }
 
 TEST(SimulatorTest, NoSharingCostsMemory) {

@@ -17,6 +17,7 @@ ABSL_FLAG(uint64_t, seed, 1, "Seed of the operation sequence");
 ABSL_FLAG(int32_t, block_size, 16, "Tokens per block");
 ABSL_FLAG(std::string, dtype, "bf16", "Storage dtype: f32, bf16 or f16");
 ABSL_FLAG(bool, prefix_caching, true, "Turn on the prefix cache");
+ABSL_FLAG(bool, sweep, false, "Evict cached blocks by sweep (EvictionOrder::kSweep), not LRU");
 
 namespace pagedkv::test {
 namespace {
@@ -74,7 +75,9 @@ int main(int argc, char** argv) {
     return 2;
   }
   const pagedkv::CacheConfig config =
-      pagedkv::test::DifferentialConfig(block_size, dtype, absl::GetFlag(FLAGS_prefix_caching));
+      pagedkv::test::DifferentialConfig(
+          block_size, dtype, absl::GetFlag(FLAGS_prefix_caching),
+          absl::GetFlag(FLAGS_sweep) ? pagedkv::EvictionOrder::kSweep : pagedkv::EvictionOrder::kLru);
   const uint64_t seed = absl::GetFlag(FLAGS_seed);
   const int64_t ops = absl::GetFlag(FLAGS_ops);
   testing::RegisterTest("Stress", "Differential", nullptr, nullptr, __FILE__, __LINE__,

@@ -23,11 +23,13 @@ absl::string_view DTypeName(DType dtype);
 // How each layer's K and V pools order their pages (see view.h); one page is always one
 // (block, KV head)'s block_size rows, contiguous.
 enum class PageLayout : uint8_t {
-  // kHeadMajor without prefix caching, kBlockMajor with it (what each workload's pages favour).
+  // kBlockMajor with prefix caching and EvictionOrder::kLru, which scatter pages; kHeadMajor
+  // otherwise, where pages form runs.
   kAuto = 0,
   // [kv_head][block]: a head's pages of consecutive block ids are adjacent, so a run of them in a
-  // block table is read as one array. Pools hand out runs where blocks are free (without prefix
-  // caching, pagedkv-sim's sequences average 432 tokens of adjacent pages on the Azure trace).
+  // block table is read as one array. Pools hand out runs where blocks are free or evicted by
+  // EvictionOrder::kSweep (on the Azure trace pagedkv-sim's sequences average 432 tokens of
+  // adjacent pages without prefix caching, 137 with it and sweep eviction).
   // bf16 decode from DRAM, one thread: runs of 32 and 128 pages 1.09-1.16x and 1.01-1.06x the
   // contiguous time, scattered pages 1.68-1.75x; in L3 0.99-1.04x and 1.21-1.26x
   // (BM_DecodePageRun).
@@ -35,9 +37,26 @@ enum class PageLayout : uint8_t {
   // [block][kv_head]: a block's heads are adjacent. Scattered pages decode 1.16-1.25x as fast as
   // with kHeadMajor from DRAM (the hardware prefetcher runs on into the next head's page, which
   // the next work item reads), but runs gain nothing (1.33-1.39x the contiguous time from DRAM,
-  // 1.17-1.32x in L3). With prefix caching the pool evicts in LRU order and pages stay scattered (16-21
+  // 1.17-1.32x in L3). With prefix caching and EvictionOrder::kLru pages stay scattered (16-21
   // tokens per run in pagedkv-sim), so kAuto picks this layout there.
   kBlockMajor = 2,
+};
+
+// Which evictable block (a freed block that still holds a cached prefix) the pool reuses when
+// no block is free. Matters only with prefix caching.
+enum class EvictionOrder : uint8_t {
+  // The least recently used one, exactly. A sequence's released blocks go deepest first, so a
+  // prefix never goes before its extensions. Pages end up scattered: pagedkv-sim's sequences
+  // average 16-21 tokens per run of adjacent pages.
+  kLru = 0,
+  // A cursor sweeps the pool by block id and takes the free and evictable blocks it finds. Each
+  // release of a cached block gives it a chance, up to 3, and the cursor passes a block that has
+  // one, taking it (a CLOCK with counts, so often-used prefixes stay). A growing sequence takes
+  // the block after its last one when that is free or evictable with no chance left, and the
+  // cursor leaves 16 blocks after a new sequence's first run for it to grow into. Pages stay in
+  // runs: pagedkv-sim's sequences average 84-199 tokens per run on its workloads instead of
+  // 16-21 with kLru, at 0-0.8% fewer prefix hits. The head-major layout then reads runs faster.
+  kSweep = 1,
 };
 
 // A token-slot page holds `block_size` positions of one sequence for every layer.
@@ -77,6 +96,9 @@ struct CacheConfig {
   // Share full blocks of identical prompt prefixes (same tokens, same salt) across sequences.
   // Costs a hash per filled block and keeps freed prefix blocks around until evicted (LRU).
   bool enable_prefix_caching = false;
+
+  // How evictable blocks are chosen for reuse; see EvictionOrder.
+  EvictionOrder eviction_order = EvictionOrder::kLru;
 
   // Page order in the pools; see PageLayout.
   PageLayout page_layout = PageLayout::kAuto;

@@ -243,6 +243,7 @@ absl::StatusOr<std::unique_ptr<Backend>> MakePagedBackend(const BackendOptions& 
   config.block_size = options.block_size;
   config.max_seq_len = options.max_seq_len;
   config.enable_prefix_caching = options.sharing;
+  config.eviction_order = options.eviction_order;
   config.metadata_only = !options.materialize;
   const int64_t blocks = options.budget_tokens / std::max(1, options.block_size);
   if (blocks < 1) {

@@ -67,6 +67,7 @@ struct BackendOptions {
   int32_t block_size = 16;
   int64_t max_seq_len = 0;
   bool sharing = true;          // Paged: fork shares pages and the prefix cache is on.
+  EvictionOrder eviction_order = EvictionOrder::kLru;  // Paged: see CacheConfig.
   bool materialize = false;     // Paged: real K/V storage, written for every token.
 };
 

@@ -42,6 +42,10 @@ ABSL_FLAG(int32_t, samples, 0, "Parallel sampling of this many outputs per reque
 ABSL_FLAG(int64_t, shared_prefix, 0, "Give every prompt a common prefix of this many tokens");
 ABSL_FLAG(bool, no_sharing, false,
           "Paged policy without sharing: forks copy and the prefix cache is off");
+ABSL_FLAG(std::string, eviction_order, "lru",
+          "Which cached block the paged cache reuses when none is free: lru (exactly the least "
+          "recently used) or sweep (a cursor over block ids with second chances, so pages stay "
+          "in runs)");
 ABSL_FLAG(bool, materialize, false,
           "Give the paged cache real K/V storage and write every token's K/V (tiny model sizes)");
 ABSL_FLAG(double, step_ms, 30.0, "Simulated time of one decode step, in milliseconds");
@@ -163,6 +167,16 @@ int Main(int argc, char** argv) {
   backend_options.max_seq_len = max_seq_len;
   backend_options.sharing = !absl::GetFlag(FLAGS_no_sharing);
   backend_options.materialize = materialize;
+  const std::string eviction_order = absl::GetFlag(FLAGS_eviction_order);
+  if (eviction_order == "lru") {
+    backend_options.eviction_order = EvictionOrder::kLru;
+  } else if (eviction_order == "sweep") {
+    backend_options.eviction_order = EvictionOrder::kSweep;
+  } else {
+    return Fail(absl::InvalidArgumentError(absl::StrCat(
+                    "--eviction_order must be lru or sweep, not \"", eviction_order, "\"")),
+                2);
+  }
 
   RunHeader header{workload.name, model->name, static_cast<int64_t>(workload.requests.size()),
                    *budget, BytesPerToken(*model), block_size, max_seq_len};

@@ -21,7 +21,7 @@ inline void Check(const PagedKvCache& cache) {
 }
 
 // The model every fuzz target's cache uses (and the seed payloads were made for).
-inline CacheConfig FuzzConfig(bool prefix_caching) {
+inline CacheConfig FuzzConfig(bool prefix_caching, bool sweep = false) {
   CacheConfig config;
   config.num_layers = 2;
   config.num_kv_heads = 2;
@@ -31,6 +31,7 @@ inline CacheConfig FuzzConfig(bool prefix_caching) {
   config.num_blocks = 48;
   config.max_seq_len = 120;
   config.enable_prefix_caching = prefix_caching;
+  config.eviction_order = sweep ? EvictionOrder::kSweep : EvictionOrder::kLru;
   return config;
 }
 

@@ -16,7 +16,7 @@ namespace {
 class Interpreter {
  public:
   Interpreter(const uint8_t* data, size_t size)
-      : data_(data), size_(size), config_(FuzzConfig(Next() & 1)), ref_(config_),
+      : data_(data), size_(size), config_(ConfigOf(Next())), ref_(config_),
         cache_(*PagedKvCache::Create(config_)) {}
 
   void Run() {
@@ -28,6 +28,9 @@ class Interpreter {
   }
 
  private:
+  // The first byte: bit 0 turns prefix caching on, bit 1 sweep eviction.
+  static CacheConfig ConfigOf(uint8_t first) { return FuzzConfig(first & 1, first & 2); }
+
   uint8_t Next() { return pos_ < size_ ? data_[pos_++] : 0; }
 
   SeqId Pick() {
