@@ -27,6 +27,26 @@ constexpr int32_t kHeadDim = 128;
 
 DType DTypeArg(int64_t code) { return static_cast<DType>(code); }
 
+// Block-table entries of the viewed sequences per run of consecutive block ids.
+double PagesPerRun(const PagedKvView& view) {
+  int64_t runs = 0;
+  const int32_t entries = view.block_offsets[view.num_seqs];
+  for (int32_t s = 0; s < view.num_seqs; ++s) {
+    const BlockId* table = view.BlockTable(s);
+    for (int32_t i = 0; i < view.block_offsets[s + 1] - view.block_offsets[s]; ++i) {
+      if (i == 0 || table[i] != table[i - 1] + 1) ++runs;
+    }
+  }
+  return static_cast<double>(entries) / static_cast<double>(std::max<int64_t>(runs, 1));
+}
+
+// K/V bytes of one layer of the viewed sequences.
+int64_t ViewKvBytes(const PagedKvView& view) {
+  int64_t tokens = 0;
+  for (int32_t s = 0; s < view.num_seqs; ++s) tokens += view.seq_lens[s];
+  return tokens * view.num_kv_heads * view.head_dim * DTypeSize(view.dtype) * 2;
+}
+
 // A cache of `layers` layers (one unless asked) holding `batch` sequences of `context` tokens with
 // random K/V. Paged: pages of `page_tokens` (16 unless asked) handed out in random order, as a
 // long-running server's pool would, in runs of `run` consecutive block ids (1 unless asked: every
@@ -97,46 +117,28 @@ struct Fixture {
     for (SeqId id : runs) OrDie(cache->Free(id), "free");
   }
 
-  // Block-table entries of the viewed sequences per run of consecutive block ids.
-  double PagesPerRun() const {
-    int64_t runs = 0;
-    const int32_t entries = view.block_offsets[view.num_seqs];
-    for (int32_t s = 0; s < view.num_seqs; ++s) {
-      const BlockId* table = view.BlockTable(s);
-      for (int32_t i = 0; i < view.block_offsets[s + 1] - view.block_offsets[s]; ++i) {
-        if (i == 0 || table[i] != table[i - 1] + 1) ++runs;
-      }
-    }
-    return static_cast<double>(entries) / static_cast<double>(std::max<int64_t>(runs, 1));
-  }
-
-  // K/V bytes of one layer.
-  int64_t KvBytes() const {
-    int64_t tokens = 0;
-    for (int32_t s = 0; s < view.num_seqs; ++s) tokens += view.seq_lens[s];
-    return tokens * kv_heads * kHeadDim * DTypeSize(view.dtype) * 2;
-  }
+  int64_t KvBytes() const { return ViewKvBytes(view); }
 };
 
-// Times DecodeAttention of one token per sequence of the fixture with `q_heads` query heads;
-// bytes/s counts the K/V bytes.
-void RunDecode(benchmark::State& state, const Fixture& f, int32_t q_heads,
+// Times DecodeAttention of one token per viewed sequence with `q_heads` query heads; bytes/s
+// counts the K/V bytes.
+void RunDecode(benchmark::State& state, const PagedKvView& view, int32_t q_heads,
                const AttentionOptions& options) {
-  std::vector<float> q(static_cast<size_t>(int64_t{f.view.num_seqs} * q_heads * kHeadDim), 0.01f);
+  std::vector<float> q(static_cast<size_t>(int64_t{view.num_seqs} * q_heads * kHeadDim), 0.01f);
   std::vector<float> out(q.size());
   for (auto _ : state) {
-    OrDie(DecodeAttention(f.view, 0, q_heads, q, absl::MakeSpan(out), options), "decode");
+    OrDie(DecodeAttention(view, 0, q_heads, q, absl::MakeSpan(out), options), "decode");
     benchmark::DoNotOptimize(out.data());
   }
-  state.SetBytesProcessed(state.iterations() * f.KvBytes());
-  state.counters["pages_per_run"] = f.PagesPerRun();
+  state.SetBytesProcessed(state.iterations() * ViewKvBytes(view));
+  state.counters["pages_per_run"] = PagesPerRun(view);
 }
 
 void Decode(benchmark::State& state, bool paged) {
   Fixture f(state.range(0), state.range(1), DTypeArg(state.range(2)), paged);
   AttentionOptions options;
   options.num_threads = static_cast<int32_t>(state.range(3));
-  RunDecode(state, f, kQHeads, options);
+  RunDecode(state, f.view, kQHeads, options);
   state.counters["kv_bytes"] = static_cast<double>(f.KvBytes());
 }
 
@@ -191,7 +193,7 @@ void BM_DecodePagedNoGqa(benchmark::State& state) {
   Fixture f(1, context, DType::kF16, true, kQHeads);
   AttentionOptions options;
   options.num_threads = static_cast<int32_t>(state.range(1));
-  RunDecode(state, f, kQHeads, options);
+  RunDecode(state, f.view, kQHeads, options);
 }
 BENCHMARK(BM_DecodePagedNoGqa)->ArgNames({"context", "threads"})->Args({2048, 1})->UseRealTime();
 
@@ -202,7 +204,7 @@ void BM_DecodeGqa(benchmark::State& state) {
   Fixture f(1, 2048, DType::kBF16, true);
   AttentionOptions options;
   options.num_threads = 1;
-  RunDecode(state, f, kKvHeads * static_cast<int32_t>(state.range(0)), options);
+  RunDecode(state, f.view, kKvHeads * static_cast<int32_t>(state.range(0)), options);
 }
 BENCHMARK(BM_DecodeGqa)->ArgNames({"group"})->DenseRange(1, 2)->Arg(4)->Arg(8)->UseRealTime();
 
@@ -240,7 +242,7 @@ void BM_DecodePageSize(benchmark::State& state) {
             static_cast<int32_t>(state.range(0)));
   AttentionOptions options;
   options.num_threads = 1;
-  RunDecode(state, f, kQHeads, options);
+  RunDecode(state, f.view, kQHeads, options);
 }
 BENCHMARK(BM_DecodePageSize)
     ->ArgNames({"page", "batch"})
@@ -257,11 +259,128 @@ void BM_DecodePageRun(benchmark::State& state) {
             static_cast<int32_t>(state.range(0)), static_cast<PageLayout>(state.range(2)));
   AttentionOptions options;
   options.num_threads = 1;
-  RunDecode(state, f, kQHeads, options);
+  RunDecode(state, f.view, kQHeads, options);
 }
 BENCHMARK(BM_DecodePageRun)
     ->ArgNames({"run", "batch", "layout"})
     ->ArgsProduct({{1, 8, 32, 128}, {1, 32}, {1, 2}})
+    ->UseRealTime();
+
+// Sequences that grew while others came and went, with prefix caching on: the block tables a
+// pool's eviction order leaves once its blocks have been reused a few times. Short sequences
+// (prompts of 64-1,024 random tokens, a quarter opening with one of four 128-token prefixes, then
+// 16-512 decoded) arrive, about one a round while the pool has room, and decode 16 tokens a
+// round (a block each) until done. Once three pools' worth of blocks have been evicted, `batch`
+// measured sequences arrive with 1,024-token prompts and decode among the others up to 2,048.
+// The others are then freed and the measured ones get random K/V. The pool holds three times the
+// measured blocks (at least 2,048); layout kAuto.
+struct ChurnFixture {
+  static constexpr int64_t kContext = 2048;
+  std::unique_ptr<PagedKvCache> cache;
+  std::mt19937 rng{11};
+  std::vector<std::vector<int32_t>> prefixes;
+  struct Live {
+    SeqId id;
+    int64_t length;
+    int64_t target;
+    bool measured;
+  };
+  std::vector<Live> live;
+  std::vector<SeqId> measured;
+  PagedKvViewStorage storage;
+  PagedKvView view;
+
+  ChurnFixture(int64_t batch, EvictionOrder order) {
+    CacheConfig config;
+    config.num_layers = 1;
+    config.num_kv_heads = kKvHeads;
+    config.head_dim = kHeadDim;
+    config.dtype = DType::kBF16;
+    config.block_size = 16;
+    config.enable_prefix_caching = true;
+    config.eviction_order = order;
+    const int64_t measured_blocks = batch * kContext / config.block_size;
+    config.num_blocks = static_cast<int32_t>(std::max<int64_t>(3 * measured_blocks, 2048));
+    config.max_seq_len = kContext;
+    cache = OrDie(PagedKvCache::Create(config), "cache");
+    for (int i = 0; i < 4; ++i) prefixes.push_back(Tokens(128));
+    const int64_t warm_evictions = 3 * int64_t{config.num_blocks};
+    while (measured.empty() || live.front().length < kContext) {
+      if (measured.empty() && cache->pool().stats().evictions >= warm_evictions) {
+        for (int64_t i = 0; i < batch; ++i) Admit(Tokens(1024), kContext, true);
+      }
+      // A newcomer when the pool has room for it, every sequence's next block and, before the
+      // measured ones arrive, theirs.
+      std::vector<int32_t> prompt = Tokens(Uniform(64, 1024));
+      if (Uniform(0, 3) == 0) {
+        const std::vector<int32_t>& prefix = prefixes[static_cast<size_t>(Uniform(0, 3))];
+        prompt.insert(prompt.begin(), prefix.begin(), prefix.end());
+      }
+      const int64_t target = static_cast<int64_t>(prompt.size()) + Uniform(16, 512);
+      const int64_t room = target / 16 + 2 * static_cast<int64_t>(live.size()) +
+                           (measured.empty() ? measured_blocks : 0);
+      if (cache->pool().num_available() > room) Admit(std::move(prompt), target, false);
+      for (Live& l : live) {
+        const int64_t n = std::min<int64_t>(16, l.target - l.length);
+        if (n > 0) OrDie(cache->Reserve(l.id, Tokens(n)), "decode");
+        l.length += n;
+      }
+      for (size_t i = 0; i < live.size();) {
+        if (!live[i].measured && live[i].length >= live[i].target) {
+          OrDie(cache->Free(live[i].id), "free");
+          live.erase(live.begin() + static_cast<std::ptrdiff_t>(i));
+        } else {
+          ++i;
+        }
+      }
+    }
+    for (const Live& l : live) {
+      if (!l.measured) OrDie(cache->Free(l.id), "free");
+    }
+    std::vector<float> kv(static_cast<size_t>(kContext * kKvHeads * kHeadDim));
+    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+    for (float& x : kv) x = u(rng);
+    for (SeqId id : measured) OrDie(cache->WriteKv(id, 0, 0, kv, kv), "write");
+    view = OrDie(cache->MakeView(measured, &storage), "view");
+  }
+
+  int64_t Uniform(int64_t lo, int64_t hi) {
+    return std::uniform_int_distribution<int64_t>(lo, hi)(rng);
+  }
+  std::vector<int32_t> Tokens(int64_t n) {
+    std::vector<int32_t> t(static_cast<size_t>(n));
+    for (int32_t& x : t) x = static_cast<int32_t>(Uniform(0, 127999));
+    return t;
+  }
+  // Creates a sequence for `prompt`, reserves what the prefix cache did not hold, and lists it
+  // (measured ones first).
+  void Admit(std::vector<int32_t> prompt, int64_t target, bool is_measured) {
+    const NewSequence seq = OrDie(cache->CreateSequence(prompt, 0), "create");
+    OrDie(cache->Reserve(seq.id, absl::MakeConstSpan(prompt).subspan(
+                                     static_cast<size_t>(seq.cached_tokens))),
+          "prefill");
+    const Live l{seq.id, static_cast<int64_t>(prompt.size()), target, is_measured};
+    if (is_measured) {
+      live.insert(live.begin() + static_cast<std::ptrdiff_t>(measured.size()), l);
+      measured.push_back(seq.id);
+    } else {
+      live.push_back(l);
+    }
+  }
+};
+
+// bf16 decode, one thread, over ChurnFixture's tables, in L3 (batch 1) and from DRAM (batch 32),
+// with EvictionOrder::kLru (0; block-major pools under kAuto) or kSweep (1; head-major). Compare
+// with BM_DecodeContiguous of the same batch.
+void BM_DecodeAfterChurn(benchmark::State& state) {
+  const ChurnFixture f(state.range(0), static_cast<EvictionOrder>(state.range(1)));
+  AttentionOptions options;
+  options.num_threads = 1;
+  RunDecode(state, f.view, kQHeads, options);
+}
+BENCHMARK(BM_DecodeAfterChurn)
+    ->ArgNames({"batch", "eviction"})
+    ->ArgsProduct({{1, 32}, {0, 1}})
     ->UseRealTime();
 
 // One KV head and its four query heads, bf16, one thread: at context 512 (256 KiB) K/V sit in
@@ -270,7 +389,7 @@ BENCHMARK(BM_DecodePageRun)
 void BM_DecodeOneKvHead(benchmark::State& state) {
   const int64_t context = state.range(0);
   Fixture f(1, context, DType::kBF16, state.range(1) != 0, 1);
-  RunDecode(state, f, 4, AttentionOptions());
+  RunDecode(state, f.view, 4, AttentionOptions());
 }
 BENCHMARK(BM_DecodeOneKvHead)
     ->ArgNames({"context", "paged"})

@@ -31,6 +31,18 @@ SimOptions ExactOptions() {
   return o;
 }
 
+// The built-in workload with prompts and outputs capped and arrivals `speedup` times as fast.
+Workload ShortWorkload(int64_t requests, uint64_t seed, int64_t max_prompt, int64_t max_output,
+                       double speedup) {
+  Workload w = SyntheticWorkload(requests, seed);
+  for (Request& r : w.requests) {
+    r.prompt_tokens = std::min(r.prompt_tokens, max_prompt);
+    r.output_tokens = std::min(r.output_tokens, max_output);
+    r.arrival_seconds /= speedup;
+  }
+  return w;
+}
+
 std::unique_ptr<Backend> Make(const std::string& policy, const BackendOptions& o) {
   if (policy == "paged") return *MakePagedBackend(o);
   if (policy == "contiguous_max") return MakeContiguousMaxBackend(o);
@@ -109,12 +121,7 @@ TEST(SimulatorTest, RejectsWhatCanNeverFit) {
 // Beam search and parallel sampling on a random workload: every policy keeps its invariants at
 // every step (checked inside Simulate), ends with nothing held, and gives the same answer twice.
 TEST(SimulatorTest, BeamsAndSamplesKeepInvariantsAndAreDeterministic) {
-  Workload w = SyntheticWorkload(120, 5);
-  for (Request& r : w.requests) {
-    r.prompt_tokens = std::min<int64_t>(r.prompt_tokens, 300);
-    r.output_tokens = std::min<int64_t>(r.output_tokens, 60);
-    r.arrival_seconds /= 20;
-  }
+  Workload w = ShortWorkload(120, 5, 300, 60, 20);
   w.requests[3].samples = 3;
   SimOptions s = ExactOptions();
   s.watermark = 0.01;
@@ -147,12 +154,7 @@ TEST(SimulatorTest, BeamsAndSamplesKeepInvariantsAndAreDeterministic) {
 // Once the pool is full of cached blocks, LRU eviction scatters pages and sweep eviction keeps
 // them in runs; every step's invariants hold either way.
 TEST(SimulatorTest, SweepEvictionKeepsPagesInRuns) {
-  Workload w = SyntheticWorkload(300, 9);
-  for (Request& r : w.requests) {
-    r.prompt_tokens = std::min<int64_t>(r.prompt_tokens, 400);
-    r.output_tokens = std::min<int64_t>(r.output_tokens, 80);
-    r.arrival_seconds /= 2;
-  }
+  Workload w = ShortWorkload(300, 9, 400, 80, 2);
   SimOptions s = ExactOptions();
   s.watermark = 0.01;
   s.step_seconds = 0.01;
