@@ -375,6 +375,24 @@ TEST_F(PoolFixture, SweepGivesRecentlyReleasedBlocksASecondChance) {
   EXPECT_EQ(pool_->stats().evictions, 2);
 }
 
+// Each release gives a cached block one more chance, up to three: a block used often (a shared
+// prompt) outlasts one used once, where one chance each would have evicted the first passed.
+TEST_F(PoolFixture, SweepKeepsOftenReleasedBlocksLonger) {
+  Make(SweepConfig(4));
+  AllocRun(kNoBlock, 4);  // The cursor wraps to 0.
+  ASSERT_TRUE(pool_->Register(1, 11, kNoBlock, 0));
+  ASSERT_TRUE(pool_->Register(2, 12, kNoBlock, 0));
+  Release(2);  // One chance.
+  Release(1);
+  for (int hit = 0; hit < 2; ++hit) {
+    Acquire(1);
+    Release(1);
+  }  // Three chances.
+  EXPECT_EQ(AllocRun(kNoBlock, 1), (std::vector<BlockId>{2}));
+  EXPECT_EQ(pool_->Lookup(11), 1);
+  EXPECT_EQ(AllocRun(kNoBlock, 1), (std::vector<BlockId>{1})) << "its chances ran out";
+}
+
 // The sweep may reach a prefix before its extensions: they go with it, freed, and a sequence
 // grows into them.
 TEST_F(PoolFixture, SweepEvictingAPrefixFreesItsExtensions) {

@@ -29,7 +29,7 @@ enum class PageLayout : uint8_t {
   // [kv_head][block]: a head's pages of consecutive block ids are adjacent, so a run of them in a
   // block table is read as one array. Pools hand out runs where blocks are free or evicted by
   // EvictionOrder::kSweep (on the Azure trace pagedkv-sim's sequences average 432 tokens of
-  // adjacent pages without prefix caching, 137 with it and sweep eviction).
+  // adjacent pages without prefix caching, 84 with it and sweep eviction, 16 with LRU).
   // bf16 decode from DRAM, one thread: runs of 32 and 128 pages 1.09-1.16x and 1.01-1.06x the
   // contiguous time, scattered pages 1.68-1.75x; in L3 0.99-1.04x and 1.21-1.26x
   // (BM_DecodePageRun).
@@ -55,7 +55,8 @@ enum class EvictionOrder : uint8_t {
   // the block after its last one when that is free or evictable with no chance left, and the
   // cursor leaves 16 blocks after a new sequence's first run for it to grow into. Pages stay in
   // runs: pagedkv-sim's sequences average 84-199 tokens per run on its workloads instead of
-  // 16-21 with kLru, at 0-0.8% fewer prefix hits. The head-major layout then reads runs faster.
+  // 16-21 with kLru, at 0-0.8% fewer prefix hits, and kAuto lays the pools out head-major,
+  // where decode reads a run as one array (BM_DecodeAfterChurn compares the two orders).
   kSweep = 1,
 };
 

@@ -44,8 +44,8 @@ ABSL_FLAG(bool, no_sharing, false,
           "Paged policy without sharing: forks copy and the prefix cache is off");
 ABSL_FLAG(std::string, eviction_order, "lru",
           "Which cached block the paged cache reuses when none is free: lru (exactly the least "
-          "recently used) or sweep (a cursor over block ids with second chances, so pages stay "
-          "in runs)");
+          "recently used) or sweep (a cursor over block ids that passes a block once for each "
+          "time it was released, up to 3, so pages stay in runs)");
 ABSL_FLAG(bool, materialize, false,
           "Give the paged cache real K/V storage and write every token's K/V (tiny model sizes)");
 ABSL_FLAG(double, step_ms, 30.0, "Simulated time of one decode step, in milliseconds");
