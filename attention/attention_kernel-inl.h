@@ -8,7 +8,8 @@
 //   - bf16 pages on a CPU with AVX512_BF16, two or more queries per item, in groups of four
 //     padded with zero queries: vdpbf16ps on bf16 pairs (bf16_dot-inl.h), queries and
 //     probabilities rounded to bf16, f32 sums;
-//   - otherwise K and V rows are widened to f32 in registers, once per group of four queries.
+//   - otherwise K and V rows are widened to f32 in registers, once per group of four queries
+//     (bf16: split into even and odd dims by a shift and a mask, LoadPairF32).
 // K and V rows kLeadRows positions ahead are prefetched, row for row, while these are worked on,
 // across page boundaries: the hardware prefetcher does not follow a jump to a scattered page, nor
 // keep far enough ahead inside a large one.
@@ -57,6 +58,27 @@ HWY_INLINE hn::Vec<DF> LoadF32(const T* HWY_RESTRICT p) {
     return hn::LoadU(df, p);
   } else {
     return hn::PromoteTo(df, hn::LoadU(hn::Rebind<T, DF>(), p));
+  }
+}
+
+// Dims [0, 2N) at p as two f32 vectors. kSplit (bf16 only): lo gets the even dims and hi the odd
+// ones, one integer op each and no shuffle (a 32-bit lane holds dim 2i in its low half, which a
+// shift moves up, and dim 2i + 1 in its high half, which a mask keeps). PromoteTo widens with a
+// shuffle and a shift per N dims; on a core whose 512-bit FMAs share their two ports with both,
+// the split leaves more of those ports to the FMAs (Emerald Rapids, bf16 decode in L3 without
+// bf16 products: 0.85x the time). Otherwise lo holds dims [0, N) and hi dims [N, 2N).
+template <bool kSplit, typename T>
+HWY_INLINE void LoadPairF32(const T* HWY_RESTRICT p, hn::Vec<DF>& lo, hn::Vec<DF>& hi) {
+  if constexpr (kSplit) {
+    static_assert(std::is_same_v<T, hwy::bfloat16_t>);
+    const DF df;
+    const hn::Repartition<uint32_t, DF> du;
+    const auto pairs = hn::LoadU(du, reinterpret_cast<const uint32_t*>(p));
+    lo = hn::BitCast(df, hn::ShiftLeft<16>(pairs));
+    hi = hn::BitCast(df, hn::And(pairs, hn::Set(du, 0xFFFF0000u)));
+  } else {
+    lo = LoadF32(p);
+    hi = LoadF32(p + hn::Lanes(DF()));
   }
 }
 
@@ -124,58 +146,86 @@ HWY_INLINE void FinishScores4(const float* HWY_RESTRICT q, const T* HWY_RESTRICT
   for (size_t j = 0; j < kQueryGroup; ++j) scores[j * t_pad] = sums[j];
 }
 
-// scores[j][t] = q[j] . K[t] for the four queries of group q (rows of `scores` are t_pad long).
-// K rows are read from the page in the storage dtype and widened in registers, once per group.
-// Row t of lead_k and lead_v (the rows kLeadRows positions on; null for none) is prefetched with
-// row t.
-template <typename T>
-HWY_INLINE void Scores4(const float* HWY_RESTRICT q, const T* HWY_RESTRICT keys, size_t n_keys,
-                        size_t D, float* HWY_RESTRICT scores, size_t t_pad, const T* lead_k,
-                        const T* lead_v) {
+// Scores of kKeys consecutive key rows at k against the four queries of group q:
+// scores[j * t_pad + i] = q[j] . row i. Each query chunk loaded feeds kKeys FMAs. The rows
+// kLeadRows on (fetch_k, fetch_v; null: none) are prefetched a slice per pass of the dims loop,
+// not in one burst: with two keys, perf sampling put 17% of bf16 decode's time on the burst's
+// prefetches (waiting for miss buffers), though spreading them measured no faster by itself.
+template <size_t kKeys, bool kSplit, typename T>
+HWY_INLINE void ScoresOfKeys(const float* HWY_RESTRICT q, const T* HWY_RESTRICT k, size_t D,
+                             float* HWY_RESTRICT scores, size_t t_pad, const T* fetch_k,
+                             const T* fetch_v) {
   const DF df;
   const size_t N = hn::Lanes(df);
   const size_t full = D / N * N;
+  const size_t lead_bytes = kKeys * D * sizeof(T);
+  hn::Vec<DF> a[kKeys][kQueryGroup];
+  for (size_t i = 0; i < kKeys; ++i) {
+    for (size_t j = 0; j < kQueryGroup; ++j) a[i][j] = hn::Zero(df);
+  }
+  size_t c = 0;
+  for (; c + 2 * N <= full; c += 2 * N) {
+    if (fetch_k != nullptr) {
+      const size_t off = kKeys * c * sizeof(T);
+      PrefetchRows(BytesAhead(fetch_k, off), BytesAhead(fetch_v, off), 2 * kKeys * N * sizeof(T));
+    }
+    hn::Vec<DF> lo[kKeys], hi[kKeys];
+    for (size_t i = 0; i < kKeys; ++i) LoadPairF32<kSplit>(k + i * D + c, lo[i], hi[i]);
+    for (size_t j = 0; j < kQueryGroup; ++j) {
+      const auto qlo = hn::LoadU(df, q + j * D + c);
+      const auto qhi = hn::LoadU(df, q + j * D + c + N);
+      for (size_t i = 0; i < kKeys; ++i) a[i][j] = hn::MulAdd(qlo, lo[i], a[i][j]);
+      for (size_t i = 0; i < kKeys; ++i) a[i][j] = hn::MulAdd(qhi, hi[i], a[i][j]);
+    }
+  }
+  if (fetch_k != nullptr && kKeys * c * sizeof(T) < lead_bytes) {
+    const size_t off = kKeys * c * sizeof(T);
+    PrefetchRows(BytesAhead(fetch_k, off), BytesAhead(fetch_v, off), lead_bytes - off);
+  }
+  for (; c < full; c += N) {  // Not with kSplit, whose D is a multiple of 2N.
+    hn::Vec<DF> kc[kKeys];
+    for (size_t i = 0; i < kKeys; ++i) kc[i] = LoadF32(k + i * D + c);
+    for (size_t j = 0; j < kQueryGroup; ++j) {
+      const auto qj = hn::LoadU(df, q + j * D + c);
+      for (size_t i = 0; i < kKeys; ++i) a[i][j] = hn::MulAdd(qj, kc[i], a[i][j]);
+    }
+  }
+  for (size_t i = 0; i < kKeys; ++i) FinishScores4(q, k + i * D, D, full, a[i], scores + i, t_pad);
+}
+
+// scores[j][t] = q[j] . K[t] for the four queries of group q (rows of `scores` are t_pad long).
+// K rows are read from the page in the storage dtype and widened in registers, once per group
+// (kSplit: see LoadPairF32; the queries' dims are then split the same way). Row t of lead_k and
+// lead_v (the rows kLeadRows positions on; null for none) is prefetched with row t.
+template <bool kSplit, typename T>
+HWY_INLINE void Scores4(const float* HWY_RESTRICT q, const T* HWY_RESTRICT keys, size_t n_keys,
+                        size_t D, float* HWY_RESTRICT scores, size_t t_pad, const T* lead_k,
+                        const T* lead_v) {
+  const auto at = [D](const T* p, size_t t) { return p == nullptr ? p : p + t * D; };
   size_t t = 0;
   if constexpr (!std::is_same_v<T, float>) {
-    // 16-bit pages: two keys per pass, so each query chunk loaded feeds two FMAs (f16 decode
-    // 0.92-0.94x the time; f32 pages, whose key loads are twice as wide, measured 1.07x).
+    // 16-bit pages: several keys per pass (f16 decode, two keys: 0.92-0.94x the time of one;
+    // f32 pages, whose key loads are twice as wide, measured 1.07x). Four where there are 32
+    // registers (16 accumulators, 8 key chunks, 2 query chunks): bf16 decode on Emerald Rapids
+    // 0.88x the time of two keys in L2, 0.95x in L3.
+#if HWY_TARGET <= HWY_AVX3
+    for (; t + 4 <= n_keys; t += 4) {
+      ScoresOfKeys<4, kSplit>(q, keys + t * D, D, scores + t, t_pad, at(lead_k, t), at(lead_v, t));
+    }
+#endif
     for (; t + 2 <= n_keys; t += 2) {
-      if (lead_k != nullptr) PrefetchRows(lead_k + t * D, lead_v + t * D, 2 * D * sizeof(T));
-      const T* HWY_RESTRICT k0 = keys + t * D;
-      const T* HWY_RESTRICT k1 = k0 + D;
-      hn::Vec<DF> a0[kQueryGroup], a1[kQueryGroup];
-      for (size_t j = 0; j < kQueryGroup; ++j) a0[j] = a1[j] = hn::Zero(df);
-      for (size_t c = 0; c < full; c += N) {
-        const auto kc0 = LoadF32(k0 + c);
-        const auto kc1 = LoadF32(k1 + c);
-        for (size_t j = 0; j < kQueryGroup; ++j) {
-          const auto qj = hn::LoadU(df, q + j * D + c);
-          a0[j] = hn::MulAdd(qj, kc0, a0[j]);
-          a1[j] = hn::MulAdd(qj, kc1, a1[j]);
-        }
-      }
-      FinishScores4(q, k0, D, full, a0, scores + t, t_pad);
-      FinishScores4(q, k1, D, full, a1, scores + t + 1, t_pad);
+      ScoresOfKeys<2, kSplit>(q, keys + t * D, D, scores + t, t_pad, at(lead_k, t), at(lead_v, t));
     }
   }
   for (; t < n_keys; ++t) {
-    if (lead_k != nullptr) PrefetchRows(lead_k + t * D, lead_v + t * D, D * sizeof(T));
-    const T* HWY_RESTRICT k = keys + t * D;
-    hn::Vec<DF> a[kQueryGroup];
-    for (size_t j = 0; j < kQueryGroup; ++j) a[j] = hn::Zero(df);
-    for (size_t c = 0; c < full; c += N) {
-      const auto kc = LoadF32(k + c);
-      for (size_t j = 0; j < kQueryGroup; ++j) {
-        a[j] = hn::MulAdd(hn::LoadU(df, q + j * D + c), kc, a[j]);
-      }
-    }
-    FinishScores4(q, k, D, full, a, scores + t, t_pad);
+    ScoresOfKeys<1, kSplit>(q, keys + t * D, D, scores + t, t_pad, at(lead_k, t), at(lead_v, t));
   }
 }
 
 // acc[j] += sum_t p[j][t] * V[t] over dims [c, c + kChunks * N) for the four queries of a group:
-// kChunks V chunks, widened once per key, feed 4 * kChunks accumulators.
-template <size_t kChunks, typename T>
+// kChunks V chunks, widened once per key (in pairs, as LoadPairF32), feed 4 * kChunks
+// accumulators.
+template <size_t kChunks, bool kSplit, typename T>
 HWY_INLINE void ValueChunks4(const float* HWY_RESTRICT p, size_t t_pad,
                              const T* HWY_RESTRICT values, size_t n_keys, size_t D, size_t c,
                              float* HWY_RESTRICT acc) {
@@ -188,7 +238,7 @@ HWY_INLINE void ValueChunks4(const float* HWY_RESTRICT p, size_t t_pad,
   for (size_t t = 0; t < n_keys; ++t) {
     const T* HWY_RESTRICT v = values + t * D + c;
     hn::Vec<DF> vc[kChunks];
-    for (size_t k = 0; k < kChunks; ++k) vc[k] = LoadF32(v + k * N);
+    for (size_t k = 0; k < kChunks; k += 2) LoadPairF32<kSplit>(v + k * N, vc[k], vc[k + 1]);
     for (size_t j = 0; j < kQueryGroup; ++j) {
       const auto pj = hn::Set(df, p[j * t_pad + t]);
       for (size_t k = 0; k < kChunks; ++k) a[j][k] = hn::MulAdd(pj, vc[k], a[j][k]);
@@ -200,8 +250,9 @@ HWY_INLINE void ValueChunks4(const float* HWY_RESTRICT p, size_t t_pad,
 }
 
 // acc[j] += sum_t p[j][t] * V[t] for the four queries of a group. V chunks are widened in
-// registers once and feed four independent accumulators each.
-template <typename T>
+// registers once and feed four independent accumulators each. With kSplit, acc holds each 2N
+// dims' even dims, then its odd ones (LoadPairF32).
+template <bool kSplit, typename T>
 HWY_INLINE void Values4(const float* HWY_RESTRICT p, size_t t_pad, const T* HWY_RESTRICT values,
                         size_t n_keys, size_t D, float* HWY_RESTRICT acc) {
   const size_t N = hn::Lanes(DF());
@@ -210,11 +261,15 @@ HWY_INLINE void Values4(const float* HWY_RESTRICT p, size_t t_pad, const T* HWY_
   // Four chunks at a time where there are 32 registers (AVX-512): 16 accumulators + 4 values + a
   // probability, so each broadcast probability feeds four FMAs instead of two (f16 decode
   // 0.95-0.96x the time; f32 the same).
-  for (; c + 4 * N <= D; c += 4 * N) ValueChunks4<4>(p, t_pad, values, n_keys, D, c, acc);
+  for (; c + 4 * N <= D; c += 4 * N) {
+    ValueChunks4<4, kSplit>(p, t_pad, values, n_keys, D, c, acc);
+  }
 #endif
   // Two chunks at a time: 8 accumulators + 2 values + 4 probabilities fit 16 registers.
-  for (; c + 2 * N <= D; c += 2 * N) ValueChunks4<2>(p, t_pad, values, n_keys, D, c, acc);
-  for (; c < D; ++c) {
+  for (; c + 2 * N <= D; c += 2 * N) {
+    ValueChunks4<2, kSplit>(p, t_pad, values, n_keys, D, c, acc);
+  }
+  for (; c < D; ++c) {  // Not with kSplit, whose D is a multiple of 2N.
     for (size_t t = 0; t < n_keys; ++t) {
       const float v = ScalarToF32(values[t * D + c]);
       for (size_t j = 0; j < kQueryGroup; ++j) acc[j * D + c] += p[j * t_pad + t] * v;
@@ -222,8 +277,9 @@ HWY_INLINE void Values4(const float* HWY_RESTRICT p, size_t t_pad, const T* HWY_
   }
 }
 
-// One query: scores[t] = q . K[t], two accumulators so the FMAs overlap. Prefetches as Scores4.
-template <typename T>
+// One query: scores[t] = q . K[t], two accumulators so the FMAs overlap. Prefetches as Scores4;
+// kSplit as there.
+template <bool kSplit, typename T>
 HWY_INLINE void Scores1(const float* HWY_RESTRICT q, const T* HWY_RESTRICT keys, size_t n_keys,
                         size_t D, float* HWY_RESTRICT scores, const T* lead_k, const T* lead_v) {
   const DF df;
@@ -234,8 +290,10 @@ HWY_INLINE void Scores1(const float* HWY_RESTRICT q, const T* HWY_RESTRICT keys,
     auto a0 = hn::Zero(df), a1 = hn::Zero(df);
     size_t c = 0;
     for (; c + 2 * N <= D; c += 2 * N) {
-      a0 = hn::MulAdd(hn::LoadU(df, q + c), LoadF32(k + c), a0);
-      a1 = hn::MulAdd(hn::LoadU(df, q + c + N), LoadF32(k + c + N), a1);
+      hn::Vec<DF> klo, khi;
+      LoadPairF32<kSplit>(k + c, klo, khi);
+      a0 = hn::MulAdd(hn::LoadU(df, q + c), klo, a0);
+      a1 = hn::MulAdd(hn::LoadU(df, q + c + N), khi, a1);
     }
     for (; c + N <= D; c += N) a0 = hn::MulAdd(hn::LoadU(df, q + c), LoadF32(k + c), a0);
     float sum = hn::GetLane(hn::SumOfLanes(df, hn::Add(a0, a1)));
@@ -244,8 +302,8 @@ HWY_INLINE void Scores1(const float* HWY_RESTRICT q, const T* HWY_RESTRICT keys,
   }
 }
 
-// One query: acc += sum_t p[t] * V[t], four chunks at a time.
-template <typename T>
+// One query: acc += sum_t p[t] * V[t], four chunks at a time; kSplit as Values4.
+template <bool kSplit, typename T>
 HWY_INLINE void Values1(const float* HWY_RESTRICT p, const T* HWY_RESTRICT values, size_t n_keys,
                         size_t D, float* HWY_RESTRICT acc) {
   const DF df;
@@ -257,17 +315,32 @@ HWY_INLINE void Values1(const float* HWY_RESTRICT p, const T* HWY_RESTRICT value
     for (size_t t = 0; t < n_keys; ++t) {
       const T* HWY_RESTRICT v = values + t * D + c;
       const auto pt = hn::Set(df, p[t]);
-      a0 = hn::MulAdd(pt, LoadF32(v), a0);
-      a1 = hn::MulAdd(pt, LoadF32(v + N), a1);
-      a2 = hn::MulAdd(pt, LoadF32(v + 2 * N), a2);
-      a3 = hn::MulAdd(pt, LoadF32(v + 3 * N), a3);
+      hn::Vec<DF> v0, v1, v2, v3;
+      LoadPairF32<kSplit>(v, v0, v1);
+      LoadPairF32<kSplit>(v + 2 * N, v2, v3);
+      a0 = hn::MulAdd(pt, v0, a0);
+      a1 = hn::MulAdd(pt, v1, a1);
+      a2 = hn::MulAdd(pt, v2, a2);
+      a3 = hn::MulAdd(pt, v3, a3);
     }
     hn::StoreU(a0, df, acc + c);
     hn::StoreU(a1, df, acc + c + N);
     hn::StoreU(a2, df, acc + c + 2 * N);
     hn::StoreU(a3, df, acc + c + 3 * N);
   }
-  for (; c + N <= D; c += N) {
+  for (; c + 2 * N <= D; c += 2 * N) {
+    auto a0 = hn::LoadU(df, acc + c), a1 = hn::LoadU(df, acc + c + N);
+    for (size_t t = 0; t < n_keys; ++t) {
+      const auto pt = hn::Set(df, p[t]);
+      hn::Vec<DF> v0, v1;
+      LoadPairF32<kSplit>(values + t * D + c, v0, v1);
+      a0 = hn::MulAdd(pt, v0, a0);
+      a1 = hn::MulAdd(pt, v1, a1);
+    }
+    hn::StoreU(a0, df, acc + c);
+    hn::StoreU(a1, df, acc + c + N);
+  }
+  for (; c + N <= D; c += N) {  // Not with kSplit, whose D is a multiple of 2N.
     auto a0 = hn::LoadU(df, acc + c);
     for (size_t t = 0; t < n_keys; ++t) {
       a0 = hn::MulAdd(hn::Set(df, p[t]), LoadF32(values + t * D + c), a0);
@@ -293,8 +366,9 @@ struct Scratch {
 };
 
 // kDot: bf16 pages through vdpbf16ps (bf16_dot-inl.h), in groups of four queries (padded);
-// otherwise K and V are widened to f32 in registers.
-template <typename T, bool kDot>
+// otherwise K and V are widened to f32 in registers. kSplit (bf16, head_dim a multiple of 2N):
+// widened by LoadPairF32's split, with queries and accumulators in its dim order.
+template <typename T, bool kDot, bool kSplit = false>
 void AttendItemT(const KernelArgs& a, const WorkItem& it) {
   const DF df;
   const size_t N = hn::Lanes(df);
@@ -342,7 +416,16 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
       const float* src = a.q + ((q_base + it.row_begin + r) * a.num_q_heads + it.kv_head * G + g) *
                                    static_cast<int64_t>(D);
       float* dst = s.q.data() + static_cast<size_t>(r * G + g) * D;
-      for (size_t d = 0; d < D; ++d) dst[d] = src[d] * a.scale;
+      if constexpr (kSplit) {
+        for (size_t c = 0; c < D; c += 2 * N) {
+          for (size_t i = 0; i < N; ++i) {
+            dst[c + i] = src[c + 2 * i] * a.scale;
+            dst[c + N + i] = src[c + 2 * i + 1] * a.scale;
+          }
+        }
+      } else {
+        for (size_t d = 0; d < D; ++d) dst[d] = src[d] * a.scale;
+      }
     }
   }
   if constexpr (kDot) {
@@ -426,12 +509,12 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
         } else {
           // Only the first query group prefetches: the others read the same rows.
           for (size_t j = 0; j < NQ4; j += kQueryGroup) {
-            Scores4(q_all + j * D, keys, n_part, D, scores_all + j * t_pad + col, t_pad,
-                    j == 0 ? lead_k : nullptr, lead_v);
+            Scores4<kSplit>(q_all + j * D, keys, n_part, D, scores_all + j * t_pad + col, t_pad,
+                            j == 0 ? lead_k : nullptr, lead_v);
           }
           for (size_t j = NQ4; j < NQ; ++j) {
-            Scores1(q_all + j * D, keys, n_part, D, scores_all + j * t_pad + col,
-                    j == 0 ? lead_k : nullptr, lead_v);
+            Scores1<kSplit>(q_all + j * D, keys, n_part, D, scores_all + j * t_pad + col,
+                            j == 0 ? lead_k : nullptr, lead_v);
           }
         }
       }
@@ -520,12 +603,12 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
       const T* values = PageOf<T>(view, a.layer, true, table[b], it.kv_head) +
                         static_cast<size_t>(k0 - b * bs) * D;
       for (size_t j = 0; j < NQ4; j += kQueryGroup) {
-        Values4(scores_all + j * t_pad + (k0 - t0), t_pad, values, static_cast<size_t>(k1 - k0), D,
-                acc_all + j * D);
+        Values4<kSplit>(scores_all + j * t_pad + (k0 - t0), t_pad, values,
+                        static_cast<size_t>(k1 - k0), D, acc_all + j * D);
       }
       for (size_t j = NQ4; j < NQ; ++j) {
-        Values1(scores_all + j * t_pad + (k0 - t0), values, static_cast<size_t>(k1 - k0), D,
-                acc_all + j * D);
+        Values1<kSplit>(scores_all + j * t_pad + (k0 - t0), values, static_cast<size_t>(k1 - k0), D,
+                        acc_all + j * D);
       }
     }
   }
@@ -549,6 +632,13 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
       }
       if constexpr (kDot) {
         StoreDotValues(acc, D, scale, dst);
+      } else if constexpr (kSplit) {
+        for (size_t c = 0; c < D; c += 2 * N) {
+          for (size_t i = 0; i < N; ++i) {
+            dst[c + 2 * i] = acc[c + i] * scale;
+            dst[c + 2 * i + 1] = acc[c + N + i] * scale;
+          }
+        }
       } else {
         for (size_t d = 0; d < D; ++d) dst[d] = acc[d] * scale;
       }
@@ -567,6 +657,9 @@ void AttendItem(const KernelArgs& args, const WorkItem& item) {
             args.view.head_dim % 8 == 0) {
           return AttendItemT<hwy::bfloat16_t, true>(args, item);
         }
+      }
+      if (args.view.head_dim % (2 * hn::Lanes(DF())) == 0) {
+        return AttendItemT<hwy::bfloat16_t, false, true>(args, item);
       }
       return AttendItemT<hwy::bfloat16_t, false>(args, item);
     case DType::kF16:
