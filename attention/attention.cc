@@ -33,6 +33,15 @@ bool CpuHasBf16Dot() {
   return false;
 #endif
 }
+
+bool CpuPrefersBf16Dot() {
+#if defined(__x86_64__) || defined(__i386__)
+  static const bool amd = __builtin_cpu_is("amd");
+  return amd && CpuHasBf16Dot();
+#else
+  return false;
+#endif
+}
 }  // namespace internal
 
 namespace {
@@ -42,6 +51,10 @@ using internal::WorkItem;
 
 absl::Status Invalid(auto&&... parts) {
   return absl::InvalidArgumentError(absl::StrCat(parts...));
+}
+
+bool KnownBf16Products(Bf16Products p) {
+  return p == Bf16Products::kAuto || p == Bf16Products::kDot || p == Bf16Products::kWiden;
 }
 
 absl::Status Validate(const PagedKvView& view, int32_t layer, int32_t num_q_heads,
@@ -74,11 +87,12 @@ absl::Status Validate(const PagedKvView& view, int32_t layer, int32_t num_q_head
                    view.head_dim, " head_dim)");
   }
   if (!std::isfinite(options.scale) || options.scale < 0 || options.sliding_window < 0 ||
-      !(options.soft_cap >= 0) || options.num_threads < 0 || options.min_partition_tokens < 1) {
+      !(options.soft_cap >= 0) || options.num_threads < 0 || options.min_partition_tokens < 1 ||
+      !KnownBf16Products(options.bf16_products)) {
     return Invalid("attention: bad options (scale ", options.scale, ", sliding_window ",
                    options.sliding_window, ", soft_cap ", options.soft_cap, ", num_threads ",
                    options.num_threads, ", min_partition_tokens ", options.min_partition_tokens,
-                   ")");
+                   ", bf16_products ", static_cast<int>(options.bf16_products), ")");
   }
   return absl::OkStatus();
 }
@@ -108,7 +122,10 @@ absl::Status ExtendAttention(const PagedKvView& view, int32_t layer, int32_t num
                                  : 1.0f / std::sqrt(static_cast<float>(view.head_dim));
   args.soft_cap = options.soft_cap;
   args.sliding_window = options.sliding_window;
-  args.bf16_products = options.bf16_products && internal::CpuHasBf16Dot();
+  args.bf16_products = options.bf16_products == Bf16Products::kDot
+                           ? internal::CpuHasBf16Dot()
+                           : options.bf16_products == Bf16Products::kAuto &&
+                                 internal::CpuPrefersBf16Dot();
   const int32_t threads = ThreadCount(options.num_threads);
 
   // Query rows are tiled so that a tile holds about 64 query vectors of one KV head.

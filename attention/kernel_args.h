@@ -35,11 +35,13 @@ struct KernelArgs {
   float scale = 1.0f;
   float soft_cap = 0.0f;
   int32_t sliding_window = 0;
-  bool bf16_products = false;  // AttentionOptions::bf16_products on a CPU that has vdpbf16ps.
+  bool bf16_products = false;  // Whether bf16 pages take the vdpbf16ps path (Bf16Products).
 };
 
 // Whether this CPU has AVX512_BF16 (vdpbf16ps).
 bool CpuHasBf16Dot();
+// Whether Bf16Products::kAuto takes the vdpbf16ps path here: an AMD CPU that has it.
+bool CpuPrefersBf16Dot();
 
 }  // namespace pagedkv::internal
 

@@ -170,14 +170,15 @@ void RunExtend(benchmark::State& state, const Fixture& f, int64_t fresh,
   }
 }
 
-// bf16 pages with and without AttentionOptions::bf16_products (vdpbf16ps against widening to
-// f32), in L3, one thread: decode (1 x 2,048) and extend (512 new on 1,536).
+// bf16 pages with AttentionOptions::bf16_products kWiden (products:0, widening to f32) and kDot
+// (products:1, vdpbf16ps where the CPU has it), in L3, one thread: decode (1 x 2,048) and extend
+// (512 new on 1,536).
 void BM_Bf16Products(benchmark::State& state) {
   const bool extend = state.range(0) != 0;
   const int64_t fresh = extend ? 512 : 1;
   Fixture f(1, 2048, DType::kBF16, true);
   AttentionOptions options;
-  options.bf16_products = state.range(1) != 0;
+  options.bf16_products = state.range(1) != 0 ? Bf16Products::kDot : Bf16Products::kWiden;
   RunExtend(state, f, fresh, options);
   if (!extend) state.SetBytesProcessed(state.iterations() * f.KvBytes());
 }

@@ -21,11 +21,11 @@ namespace {
 
 using internal::ContiguousKv;
 
-// Whether RunCase lets bf16 pages take the vdpbf16ps path (AttentionOptions::bf16_products).
-bool bf16_products = true;
+// How RunCase multiplies bf16 pages (AttentionOptions::bf16_products).
+Bf16Products bf16_products = Bf16Products::kDot;
 
 // Runs the body once per Highway target this binary has and this CPU supports; where the CPU
-// has vdpbf16ps, the AVX-512 targets run twice, with and without bf16 products.
+// has vdpbf16ps, the AVX-512 targets run twice, with kDot and kWiden.
 template <typename Fn>
 void ForEachTarget(const Fn& fn) {
   for (int64_t target : hwy::SupportedAndGeneratedTargets()) {
@@ -33,7 +33,7 @@ void ForEachTarget(const Fn& fn) {
     for (bool products : {true, false}) {
       if (!products && !(internal::CpuHasBf16Dot() && avx512)) continue;
       hwy::SetSupportedTargetsForTest(target);
-      bf16_products = products;
+      bf16_products = products ? Bf16Products::kDot : Bf16Products::kWiden;
       SCOPED_TRACE(absl::StrCat(hwy::TargetName(target), products ? "" : " without bf16 products"));
       fn();
       if (::testing::Test::HasFatalFailure()) break;
@@ -41,7 +41,7 @@ void ForEachTarget(const Fn& fn) {
     if (::testing::Test::HasFatalFailure()) break;
   }
   hwy::SetSupportedTargetsForTest(0);
-  bf16_products = true;
+  bf16_products = Bf16Products::kDot;
 }
 
 struct Case {
@@ -214,9 +214,10 @@ TEST(AttentionTest, ForkedSequencesShareBlocks) {
   });
 }
 
-// bf16_products picks the path for bf16 pages: off, only f32 arithmetic separates the kernel
-// from the reference (K/V are read back exactly), so it meets the f32 tolerance; on, with a CPU
-// that has vdpbf16ps, the bf16 rounding of queries and probabilities shows.
+// bf16_products picks the path for bf16 pages: with kWiden only f32 arithmetic separates the
+// kernel from the reference (K/V are read back exactly), so it meets the f32 tolerance; with
+// kDot, on a CPU that has vdpbf16ps, the bf16 rounding of queries and probabilities shows; kAuto
+// shows it only where CpuPrefersBf16Dot (an AMD CPU with the instruction).
 // GQA 2 (and 1 with q_len 9) takes the vdpbf16ps path with groups padded to four queries.
 TEST(AttentionTest, Bf16ProductsOptionChoosesThePath) {
   for (int32_t group : {1, 2, 4}) {
@@ -227,15 +228,24 @@ TEST(AttentionTest, Bf16ProductsOptionChoosesThePath) {
     c.dtype = DType::kBF16;
     c.lengths = {300, 77};
     c.q_lens = {1, 9};
-    bf16_products = false;
+    bf16_products = Bf16Products::kWiden;
     EXPECT_LE(RunCase(c, 21), Tolerance(DType::kF32));
-    bf16_products = true;
+    bf16_products = Bf16Products::kDot;
     const double err = RunCase(c, 21);
     EXPECT_LE(err, Tolerance(DType::kBF16));
     if (internal::CpuHasBf16Dot()) {
       EXPECT_GT(err, Tolerance(DType::kF32)) << "the vdpbf16ps path did not run";
     }
+    bf16_products = Bf16Products::kAuto;
+    const double auto_err = RunCase(c, 21);
+    if (internal::CpuPrefersBf16Dot()) {
+      EXPECT_GT(auto_err, Tolerance(DType::kF32)) << "kAuto did not take the vdpbf16ps path";
+      EXPECT_LE(auto_err, Tolerance(DType::kBF16));
+    } else {
+      EXPECT_LE(auto_err, Tolerance(DType::kF32)) << "kAuto took the vdpbf16ps path";
+    }
   }
+  bf16_products = Bf16Products::kDot;
 }
 
 // Long contexts with more threads than work: flash-decoding partitions and their reduction.
@@ -366,6 +376,10 @@ TEST(AttentionTest, BadInputIsRejectedAndNothingIsWritten) {
   AttentionOptions bad;
   bad.sliding_window = -1;
   expect_invalid(DecodeAttention(view, 0, hq, q, absl::MakeSpan(out), bad), "bad options");
+  AttentionOptions unknown_products;
+  unknown_products.bf16_products = static_cast<Bf16Products>(7);
+  expect_invalid(DecodeAttention(view, 0, hq, q, absl::MakeSpan(out), unknown_products),
+                 "bf16_products 7");
   EXPECT_TRUE(DecodeAttention(view, 0, hq, q, absl::MakeSpan(out)).ok());
 }
 

@@ -10,6 +10,26 @@
 
 namespace pagedkv {
 
+// How bf16 pages are multiplied (f32 and f16 pages always widen to f32).
+enum class Bf16Products : int8_t {
+  // kDot on AMD CPUs that have the instruction, kWiden on the others. On a Zen 5 core kDot took
+  // decode 0.53-0.59x and extend 0.45-0.48x the time of widening (BM_Bf16Products, measured
+  // before widening split bf16 into even and odd dims). Intel cores up to Emerald Rapids run
+  // vdpbf16ps at a quarter of their f32 FMA rate (BM_Bf16DotPeak 1.28 G/s against 5.4 G FMAs/s
+  // on one), where kWiden took decode 0.95x and extend 0.85x the time of kDot, with f32 products.
+  kAuto = 0,
+  // vdpbf16ps on bf16 pairs where the CPU has AVX512_BF16, with queries and softmax
+  // probabilities rounded to bf16, as GPU flash attention does, summing in f32. Error about 2e-3
+  // of the output scale. Not for decode without GQA (one query per KV head widens, which is as
+  // fast there). Rounding the query to bf16 moves each logit by up to 2^-9 of sum |q_i k_i|, so
+  // the error grows with the logits' spread: with `scale` 1.75 on head dim 64 (logits about
+  // +-10) over a 14-key window it reached 2e-2 of the output scale. For sharp attention (a large
+  // `scale`, few keys that matter), use kWiden.
+  kDot = 1,
+  // K/V widened to f32 in registers, every product in f32 (error about 3e-7), on every CPU.
+  kWiden = 2,
+};
+
 struct AttentionOptions {
   // Multiplies q.k before the softmax. 0: 1 / sqrt(head_dim).
   float scale = 0.0f;
@@ -24,17 +44,9 @@ struct AttentionOptions {
   // With more threads than (sequence, kv head) work, a long context is split into partitions of
   // at least this many tokens that run in parallel and are reduced (flash-decoding).
   int32_t min_partition_tokens = 512;
-  // bf16 pages on a CPU with AVX512_BF16: multiply in bf16 pairs (vdpbf16ps) with queries and
-  // softmax probabilities rounded to bf16, as GPU flash attention does, summing in f32. Error
-  // about 2e-3 of the output scale; decode about 1.7-1.9x and extend 2.1-2.2x faster
-  // (BM_Bf16Products on a Zen 5 core) than false, which widens K/V to f32 and keeps every
-  // product in f32 (error about 3e-7). No effect on f32 or f16 pages, on CPUs without the
-  // instruction, or on decode without GQA (one query per KV head widens, which is as fast
-  // there). Rounding the query to bf16 moves each logit by up to 2^-9 of sum |q_i k_i|, so the
-  // error grows with the logits' spread: with `scale` 1.75 on head dim 64 (logits about +-10)
-  // over a 14-key window it reached 2e-2 of the output scale. For sharp attention (a large
-  // `scale`, few keys that matter) set this to false.
-  bool bf16_products = true;
+  // How bf16 pages are multiplied (Bf16Products). kAuto's results differ between CPUs by the
+  // bf16 rounding; kWiden gives the same f32 products everywhere.
+  Bf16Products bf16_products = Bf16Products::kAuto;
 };
 
 // Decode: one query token per viewed sequence, attending to all of its cached positions (the

@@ -76,11 +76,11 @@ void Run(FuzzedDataProvider& in) {
   if (in.ConsumeBool()) options.soft_cap = in.ConsumeIntegralInRange<int>(1, 200) / 4.0f;
   options.num_threads = in.ConsumeIntegralInRange<int32_t>(1, 3);
   options.min_partition_tokens = in.ConsumeIntegralInRange<int32_t>(1, 64);
-  options.bf16_products = in.ConsumeBool();
+  options.bf16_products = static_cast<Bf16Products>(in.ConsumeIntegralInRange<int>(0, 2));
   // bf16 products round the queries to bf16, so each logit is off by about 2^-9 of its size
   // (attention.h). Beyond scale 1, these K/V make logits sharp enough for that to leave the
   // tolerance below: a documented limit of the option, not a fault. f32 products take any scale.
-  if (options.bf16_products && config.dtype == DType::kBF16) {
+  if (options.bf16_products != Bf16Products::kWiden && config.dtype == DType::kBF16) {
     options.scale = std::min(options.scale, 1.0f);
   }
 
@@ -148,7 +148,8 @@ void Run(FuzzedDataProvider& in) {
                  config.head_dim, config.block_size, config.num_kv_heads, group,
                  std::string(DTypeName(config.dtype)).c_str(), num_seqs, options.scale,
                  options.sliding_window, options.soft_cap,
-                 options.num_threads, options.min_partition_tokens, options.bf16_products,
+                 options.num_threads, options.min_partition_tokens,
+                 static_cast<int>(options.bf16_products),
                  err / scale, scale);
     Die("attention differs from the reference");
   }
