@@ -1,10 +1,46 @@
 // Validation, work planning, threads and the flash-decoding reduction around the per-target
-// kernel in attention_kernel-inl.h.
+// kernels (attention_kernel-inl.h, tile_kernel-inl.h), and the choice between them per item.
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "attention/attention.cc"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
+// The kernels come after foreach_target.h, which includes this file once per target; this
+// comment keeps include sorting from moving them above it.
 #include "attention/attention_kernel-inl.h"
+#include "attention/tile_kernel-inl.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace pagedkv::internal::HWY_NAMESPACE {
+
+// Picks the kernel for one work item: vdpbf16ps for bf16 pages where chosen (bf16_dot-inl.h);
+// the tile kernel for items of many queries (tile_kernel-inl.h); else the row kernel.
+void AttendItem(const KernelArgs& args, const WorkItem& item) {
+  const size_t queries = static_cast<size_t>(args.group * (item.row_end - item.row_begin));
+  const bool tile = queries >= TileMinQueries();
+  switch (args.view.dtype) {
+    case DType::kF32:
+      if (tile) return AttendTileT<float>(args, item);
+      return AttendItemT<float, false>(args, item);
+    case DType::kBF16:
+      if constexpr (kHaveBf16Dot) {
+        // One query alone (decode without GQA) widens: as fast, and its products are f32.
+        if (args.bf16_products && queries >= 2 && args.view.head_dim % 8 == 0) {
+          return AttendItemT<hwy::bfloat16_t, true>(args, item);
+        }
+      }
+      if (tile) return AttendTileT<hwy::bfloat16_t>(args, item);
+      if (args.view.head_dim % (2 * hn::Lanes(DF())) == 0) {
+        return AttendItemT<hwy::bfloat16_t, false, true>(args, item);
+      }
+      return AttendItemT<hwy::bfloat16_t, false>(args, item);
+    case DType::kF16:
+      if (tile) return AttendTileT<hwy::float16_t>(args, item);
+      return AttendItemT<hwy::float16_t, false>(args, item);
+  }
+}
+
+}  // namespace pagedkv::internal::HWY_NAMESPACE
+HWY_AFTER_NAMESPACE();
 
 #if HWY_ONCE
 #include <algorithm>

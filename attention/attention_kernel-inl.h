@@ -1,5 +1,6 @@
-// The attention kernel for one work item, compiled once per Highway target (attention.cc
-// includes this file through hwy/foreach_target.h).
+// The row kernel for one work item (decode, and any item with few queries per KV head; items
+// with many take tile_kernel-inl.h), compiled once per Highway target (attention.cc includes
+// this file through hwy/foreach_target.h).
 //
 // Per KV block of the item's range: K rows are dotted with every query of the group (GQA: a
 // page is read once per KV head, not once per query head), scores get the soft-cap and the
@@ -361,9 +362,52 @@ HWY_INLINE const T* PageOf(const PagedKvView& view, int32_t layer, bool is_value
 
 struct Scratch {
   std::vector<float> q, acc, m, l, scores;
+  std::vector<float> tile;  // K or V rows widened to f32, for the tile kernel.
   std::vector<uint16_t> packed_q, probabilities;  // bf16 bits, for the vdpbf16ps path.
   std::vector<DotSegment> pages;
 };
+
+// Writes the item's results from its accumulators (query j = row * group + g at
+// acc + j * acc_stride, in the dim order of kDot or kSplit) and softmax state m, l: the
+// normalized output, or a partition's partial (m, l, unnormalized sums) for the reduction.
+template <bool kDot, bool kSplit>
+void WriteRows(const KernelArgs& a, const WorkItem& it, const float* HWY_RESTRICT acc_all,
+               size_t acc_stride, const float* HWY_RESTRICT m, const float* HWY_RESTRICT l) {
+  const size_t N = hn::Lanes(DF());
+  const size_t D = static_cast<size_t>(a.view.head_dim);
+  const int64_t G = a.group;
+  const int64_t q_base = a.q_offsets[it.seq];
+  for (int64_t r = 0; r < it.row_end - it.row_begin; ++r) {
+    for (int64_t g = 0; g < G; ++g) {
+      const size_t j = static_cast<size_t>(r * G + g);
+      const float* acc = acc_all + j * acc_stride;
+      float* dst;
+      float scale = 1.0f;
+      if (it.partial < 0) {
+        dst = a.out + ((q_base + it.row_begin + r) * a.num_q_heads + it.kv_head * G + g) *
+                          static_cast<int64_t>(D);
+        scale = l[j] > 0 ? 1.0f / l[j] : 0.0f;
+      } else {
+        dst = a.partials + it.partial * a.partial_stride + static_cast<int64_t>(j * (D + 2));
+        dst[0] = m[j];
+        dst[1] = l[j];
+        dst += 2;
+      }
+      if constexpr (kDot) {
+        StoreDotValues(acc, D, scale, dst);
+      } else if constexpr (kSplit) {
+        for (size_t c = 0; c < D; c += 2 * N) {
+          for (size_t i = 0; i < N; ++i) {
+            dst[c + 2 * i] = acc[c + i] * scale;
+            dst[c + 2 * i + 1] = acc[c + N + i] * scale;
+          }
+        }
+      } else {
+        for (size_t d = 0; d < D; ++d) dst[d] = acc[d] * scale;
+      }
+    }
+  }
+}
 
 // kDot: bf16 pages through vdpbf16ps (bf16_dot-inl.h), in groups of four queries (padded);
 // otherwise K and V are widened to f32 in registers. kSplit (bf16, head_dim a multiple of 2N):
@@ -613,58 +657,7 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
     }
   }
 
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t g = 0; g < G; ++g) {
-      const size_t j = static_cast<size_t>(r * G + g);
-      const float* acc = s.acc.data() + j * acc_stride;
-      // The output, or a partition's partial (m, l, unnormalized sums) for the reduction.
-      float* dst;
-      float scale = 1.0f;
-      if (it.partial < 0) {
-        dst = a.out + ((q_base + it.row_begin + r) * a.num_q_heads + it.kv_head * G + g) *
-                          static_cast<int64_t>(D);
-        scale = s.l[j] > 0 ? 1.0f / s.l[j] : 0.0f;
-      } else {
-        dst = a.partials + it.partial * a.partial_stride + static_cast<int64_t>(j * (D + 2));
-        dst[0] = s.m[j];
-        dst[1] = s.l[j];
-        dst += 2;
-      }
-      if constexpr (kDot) {
-        StoreDotValues(acc, D, scale, dst);
-      } else if constexpr (kSplit) {
-        for (size_t c = 0; c < D; c += 2 * N) {
-          for (size_t i = 0; i < N; ++i) {
-            dst[c + 2 * i] = acc[c + i] * scale;
-            dst[c + 2 * i + 1] = acc[c + N + i] * scale;
-          }
-        }
-      } else {
-        for (size_t d = 0; d < D; ++d) dst[d] = acc[d] * scale;
-      }
-    }
-  }
-}
-
-void AttendItem(const KernelArgs& args, const WorkItem& item) {
-  switch (args.view.dtype) {
-    case DType::kF32:
-      return AttendItemT<float, false>(args, item);
-    case DType::kBF16:
-      if constexpr (kHaveBf16Dot) {
-        // One query alone (decode without GQA) widens: as fast, and its products are f32.
-        if (args.bf16_products && args.group * (item.row_end - item.row_begin) >= 2 &&
-            args.view.head_dim % 8 == 0) {
-          return AttendItemT<hwy::bfloat16_t, true>(args, item);
-        }
-      }
-      if (args.view.head_dim % (2 * hn::Lanes(DF())) == 0) {
-        return AttendItemT<hwy::bfloat16_t, false, true>(args, item);
-      }
-      return AttendItemT<hwy::bfloat16_t, false>(args, item);
-    case DType::kF16:
-      return AttendItemT<hwy::float16_t, false>(args, item);
-  }
+  WriteRows<kDot, kSplit>(a, it, s.acc.data(), acc_stride, s.m.data(), s.l.data());
 }
 
 }  // namespace pagedkv::internal::HWY_NAMESPACE

@@ -457,7 +457,8 @@ BENCHMARK(BM_ScatteredPageRead)
     ->ArgsProduct({{8 << 20, 256 << 20}, {1, 2}, {4, 32}})
     ->UseRealTime();
 
-// Prefill of `new` tokens on `cached` ones, one sequence: FLOPs of QK^T and PV, causal.
+// Prefill of `new` tokens on `cached` ones, one sequence: FLOPs of QK^T and PV, causal. bf16
+// at one and two threads, f32 and f16 at one.
 void BM_ExtendPaged(benchmark::State& state) {
   const int64_t fresh = state.range(0);
   const int64_t cached = state.range(1);
@@ -475,6 +476,8 @@ BENCHMARK(BM_ExtendPaged)
     ->ArgNames({"new", "cached", "dtype", "threads"})
     ->Args({512, 1536, 1, 1})
     ->Args({512, 1536, 1, 2})
+    ->Args({512, 1536, 0, 1})
+    ->Args({512, 1536, 2, 1})
     ->UseRealTime();
 
 // The FMA peak with the same threads, for the extend ratio.
