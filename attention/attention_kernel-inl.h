@@ -367,6 +367,45 @@ struct Scratch {
   std::vector<DotSegment> pages;
 };
 
+// The query rows of a work item and the keys they may see.
+struct ItemSpan {
+  int64_t rows = 0;        // Query tokens.
+  int64_t first_pos = 0;   // Position of the first one in its sequence.
+  int64_t lo = 0, hi = 0;  // Keys any of the rows may see: [lo, hi).
+};
+
+HWY_INLINE ItemSpan SpanOf(const KernelArgs& a, const WorkItem& it) {
+  ItemSpan span;
+  const int64_t queries = a.q_offsets[it.seq + 1] - a.q_offsets[it.seq];
+  span.rows = it.row_end - it.row_begin;
+  span.first_pos = a.view.seq_lens[it.seq] - queries + it.row_begin;
+  span.lo = std::max<int64_t>(it.kv_begin, 0);
+  if (a.sliding_window > 0) span.lo = std::max(span.lo, span.first_pos - a.sliding_window + 1);
+  span.hi = std::min(it.kv_end, span.first_pos + span.rows);
+  return span;
+}
+
+// Query head g of the group, in row r of the item: head_dim floats.
+HWY_INLINE const float* QueryOf(const KernelArgs& a, const WorkItem& it, int64_t r, int64_t g) {
+  const int64_t token = a.q_offsets[it.seq] + it.row_begin + r;
+  return a.q + (token * a.num_q_heads + it.kv_head * a.group + g) * a.view.head_dim;
+}
+
+// Calls mask(r, key) for each key in [t0, t1) that row r may not see (causal, sliding window).
+// Rows that see the whole range are skipped at once.
+template <class Mask>
+HWY_INLINE void ForEachMaskedKey(const KernelArgs& a, const ItemSpan& span, int64_t t0, int64_t t1,
+                                 const Mask& mask) {
+  for (int64_t r = 0; r < span.rows; ++r) {
+    const int64_t pos = span.first_pos + r;
+    const int64_t key_lo = a.sliding_window > 0 ? pos - a.sliding_window + 1 : 0;
+    if (t0 >= key_lo && t1 - 1 <= pos) continue;
+    for (int64_t key = t0; key < t1; ++key) {
+      if (key > pos || key < key_lo) mask(r, key);
+    }
+  }
+}
+
 // Writes the item's results from its accumulators (query j = row * group + g at
 // acc + j * acc_stride, in the dim order of kDot or kSplit) and softmax state m, l: the
 // normalized output, or a partition's partial (m, l, unnormalized sums) for the reduction.
@@ -420,9 +459,8 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
   const size_t D = static_cast<size_t>(view.head_dim);
   const int64_t bs = view.block_size;
   const int64_t G = a.group;
-  const int64_t q_base = a.q_offsets[it.seq];
-  const int64_t first_pos = view.seq_lens[it.seq] - (a.q_offsets[it.seq + 1] - q_base);
-  const int64_t rows = it.row_end - it.row_begin;
+  const ItemSpan span = SpanOf(a, it);
+  const int64_t rows = span.rows;
   const size_t NQ = static_cast<size_t>(rows * G);
   // Query slots: the dot path works whole groups of four, so it pads with zero queries whose
   // probabilities stay zero (their scores are computed and ignored). A group of four costs the
@@ -457,8 +495,7 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
   // Query j = row * G + g, pre-multiplied by the softmax scale.
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t g = 0; g < G; ++g) {
-      const float* src = a.q + ((q_base + it.row_begin + r) * a.num_q_heads + it.kv_head * G + g) *
-                                   static_cast<int64_t>(D);
+      const float* src = QueryOf(a, it, r, g);
       float* dst = s.q.data() + static_cast<size_t>(r * G + g) * D;
       if constexpr (kSplit) {
         for (size_t c = 0; c < D; c += 2 * N) {
@@ -479,11 +516,7 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
     s.probabilities.assign(NS * t_pad, 0);
   }
 
-  // Keys any row of the item may see.
-  const int64_t last_pos = first_pos + it.row_end - 1;
-  int64_t lo = std::max<int64_t>(it.kv_begin, 0);
-  if (a.sliding_window > 0) lo = std::max(lo, first_pos + it.row_begin - a.sliding_window + 1);
-  const int64_t hi = std::min(it.kv_end, last_pos + 1);
+  const int64_t lo = span.lo, hi = span.hi;
 
   const BlockId* table = view.BlockTable(it.seq);
   const auto neg_inf = hn::Set(df, kNegInf);
@@ -585,18 +618,12 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
     }
     const size_t n_pad = (n_keys + N - 1) / N * N;
     // Causal and sliding-window mask, only where the step crosses a row's bounds.
-    for (int64_t r = 0; r < rows; ++r) {
-      const int64_t pos = first_pos + it.row_begin + r;
-      const int64_t key_lo = a.sliding_window > 0 ? pos - a.sliding_window + 1 : 0;
-      if (t0 >= key_lo && t1 - 1 <= pos) continue;
+    ForEachMaskedKey(a, span, t0, t1, [&](int64_t r, int64_t key) {
       for (int64_t g = 0; g < G; ++g) {
-        float* row = scores_all + static_cast<size_t>(r * G + g) * t_pad;
-        for (size_t t = 0; t < n_keys; ++t) {
-          const int64_t key = t0 + static_cast<int64_t>(t);
-          if (key > pos || key < key_lo) row[t] = kNegInf;
-        }
+        scores_all[static_cast<size_t>(r * G + g) * t_pad + static_cast<size_t>(key - t0)] =
+            kNegInf;
       }
-    }
+    });
     // Online softmax: rescale what was summed so far to the new running maximum.
     for (size_t j = 0; j < NQ; ++j) {
       float* row = scores_all + j * t_pad;

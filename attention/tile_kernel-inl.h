@@ -149,10 +149,8 @@ void AttendTileT(const KernelArgs& a, const WorkItem& it) {
   const size_t D = static_cast<size_t>(view.head_dim);
   const int64_t bs = view.block_size;
   const int64_t G = a.group;
-  const int64_t q_base = a.q_offsets[it.seq];
-  const int64_t first_pos = view.seq_lens[it.seq] - (a.q_offsets[it.seq + 1] - q_base);
-  const int64_t rows = it.row_end - it.row_begin;
-  const size_t NQ = static_cast<size_t>(rows * G);
+  const ItemSpan span = SpanOf(a, it);
+  const size_t NQ = static_cast<size_t>(span.rows * G);
   const size_t nqp = (NQ + N - 1) / N * N;  // Query columns, padded with zero queries.
   // Keys per step: 64, whole pages where pages are smaller; larger pages are split. The K or V
   // tile is then 64 rows of head_dim floats (32 KiB at head dim 128).
@@ -171,24 +169,19 @@ void AttendTileT(const KernelArgs& a, const WorkItem& it) {
   float* HWY_RESTRICT acc = s.acc.data();
   float* HWY_RESTRICT st = s.scores.data();
   float* HWY_RESTRICT tile = s.tile.data();
-  for (int64_t r = 0; r < rows; ++r) {
+  for (int64_t r = 0; r < span.rows; ++r) {
     for (int64_t g = 0; g < G; ++g) {
-      const float* src = a.q + ((q_base + it.row_begin + r) * a.num_q_heads + it.kv_head * G + g) *
-                                   static_cast<int64_t>(D);
+      const float* src = QueryOf(a, it, r, g);
       const size_t j = static_cast<size_t>(r * G + g);
       for (size_t d = 0; d < D; ++d) qt[d * nqp + j] = src[d] * a.scale;
     }
   }
 
-  const int64_t last_pos = first_pos + it.row_end - 1;
-  int64_t lo = std::max<int64_t>(it.kv_begin, 0);
-  if (a.sliding_window > 0) lo = std::max(lo, first_pos + it.row_begin - a.sliding_window + 1);
-  const int64_t hi = std::min(it.kv_end, last_pos + 1);
   const int64_t step = static_cast<int64_t>(step_keys);
   const auto neg_inf = hn::Set(df, kNegInf);
   alignas(64) float correction[hn::MaxLanes(DF())];
-  for (int64_t t0 = lo, t1 = lo; t0 < hi; t0 = t1) {
-    t1 = std::min(hi, (t0 / step + 1) * step);
+  for (int64_t t0 = span.lo, t1 = span.lo; t0 < span.hi; t0 = t1) {
+    t1 = std::min(span.hi, (t0 / step + 1) * step);
     const size_t n = static_cast<size_t>(t1 - t0);
 
     WidenRows<T>(a, it, /*is_value=*/false, t0, t0, t1, tile);
@@ -205,16 +198,10 @@ void AttendTileT(const KernelArgs& a, const WorkItem& it) {
       for (size_t i = 0; i < n * nqp; ++i) st[i] = a.soft_cap * std::tanh(st[i] / a.soft_cap);
     }
     // Causal and sliding-window mask, only where the step crosses a row's bounds.
-    for (int64_t r = 0; r < rows; ++r) {
-      const int64_t pos = first_pos + it.row_begin + r;
-      const int64_t key_lo = a.sliding_window > 0 ? pos - a.sliding_window + 1 : 0;
-      if (t0 >= key_lo && t1 - 1 <= pos) continue;
-      for (size_t k = 0; k < n; ++k) {
-        const int64_t key = t0 + static_cast<int64_t>(k);
-        if (key <= pos && key >= key_lo) continue;
-        for (int64_t g = 0; g < G; ++g) st[k * nqp + static_cast<size_t>(r * G + g)] = kNegInf;
-      }
-    }
+    ForEachMaskedKey(a, span, t0, t1, [&](int64_t r, int64_t key) {
+      float* col = st + static_cast<size_t>(key - t0) * nqp + static_cast<size_t>(r * G);
+      for (int64_t g = 0; g < G; ++g) col[g] = kNegInf;
+    });
     // Online softmax down the columns, a vector of queries at a time. A query that has seen
     // only masked keys keeps max -inf, sum 0 and zero probabilities.
     for (size_t j = 0; j < nqp; j += N) {
