@@ -1,7 +1,7 @@
 // The attention kernel for work items with many queries (extend, prefill): K/V widened to f32
 // once per step of keys, then products laid out like a matrix multiply, with no horizontal sums.
 //
-// Per step of keys (AttendItemT's steps):
+// Per step of 64 keys:
 //   - the step's K rows are widened into an f32 tile (row-major), once for all the item's queries;
 //   - scores are taken transposed, S^T[t][j] = sum_d K[t][d] * Q^T[d][j], a key element broadcast
 //     against whole vectors of queries (Q^T is built once per item): each FMA adds one full
@@ -118,19 +118,19 @@ HWY_INLINE void TileValuesOfRows(const float* HWY_RESTRICT p, size_t nqp,
   }
 }
 
-// Widens rows [k0, k1) of the item's K or V (pages named by the block table) into
+// Widens the item's K or V rows of keys [t0, t1) (pages named by the block table) into
 // tile[(key - t0) * D + d], f32.
 template <typename T>
 HWY_INLINE void WidenRows(const KernelArgs& a, const WorkItem& it, bool is_value, int64_t t0,
-                          int64_t k0, int64_t k1, float* HWY_RESTRICT tile) {
+                          int64_t t1, float* HWY_RESTRICT tile) {
   const DF df;
   const size_t N = hn::Lanes(df);
   const PagedKvView& view = a.view;
   const size_t D = static_cast<size_t>(view.head_dim);
   const int64_t bs = view.block_size;
   const BlockId* table = view.BlockTable(it.seq);
-  for (int64_t b = k0 / bs; b * bs < k1; ++b) {
-    const int64_t r0 = std::max(k0, b * bs), r1 = std::min(k1, (b + 1) * bs);
+  for (int64_t b = t0 / bs; b * bs < t1; ++b) {
+    const int64_t r0 = std::max(t0, b * bs), r1 = std::min(t1, (b + 1) * bs);
     const T* HWY_RESTRICT src = PageOf<T>(view, a.layer, is_value, table[b], it.kv_head) +
                                 static_cast<size_t>(r0 - b * bs) * D;
     float* HWY_RESTRICT dst = tile + static_cast<size_t>(r0 - t0) * D;
@@ -184,7 +184,7 @@ void AttendTileT(const KernelArgs& a, const WorkItem& it) {
     t1 = std::min(span.hi, (t0 / step + 1) * step);
     const size_t n = static_cast<size_t>(t1 - t0);
 
-    WidenRows<T>(a, it, /*is_value=*/false, t0, t0, t1, tile);
+    WidenRows<T>(a, it, /*is_value=*/false, t0, t1, tile);
     size_t t = 0;
     for (; t + kTileKeys <= n; t += kTileKeys) {
       size_t j = 0;
@@ -233,7 +233,7 @@ void AttendTileT(const KernelArgs& a, const WorkItem& it) {
       }
     }
 
-    WidenRows<T>(a, it, /*is_value=*/true, t0, t0, t1, tile);
+    WidenRows<T>(a, it, /*is_value=*/true, t0, t1, tile);
     size_t j = 0;
     for (; j + kTileQueries <= NQ; j += kTileQueries) {
       TileValuesOfRows<kTileQueries>(st, nqp, tile, n, D, j, acc);
