@@ -14,10 +14,10 @@ namespace pagedkv {
 enum class Bf16Products : int8_t {
   // kDot on AMD CPUs that have the instruction, kWiden on the others. On a Zen 5 core kDot took
   // decode 0.53-0.59x and extend 0.45-0.48x the time of widening (BM_Bf16Products, measured
-  // before widening split bf16 into even and odd dims). Intel cores up to Emerald Rapids run
-  // vdpbf16ps at a quarter of their f32 FMA rate (BM_Bf16DotPeak 1.28 G/s against 5.4 G FMAs/s
-  // on one), where kWiden took decode 0.84-0.95x and extend (tile_kernel-inl.h) 0.58-0.62x the
-  // time of kDot, with f32 products.
+  // before widening split bf16 into even and odd dims and before the tile kernel). Intel cores
+  // up to Emerald Rapids run vdpbf16ps at a quarter of their f32 FMA rate (BM_Bf16DotPeak
+  // 1.28 G/s against 5.4 G FMAs/s on one), where kWiden took decode 0.84-0.95x and extend
+  // (tile_kernel-inl.h) 0.58-0.62x the time of kDot, with f32 products.
   kAuto = 0,
   // vdpbf16ps on bf16 pairs where the CPU has AVX512_BF16, with queries and softmax
   // probabilities rounded to bf16, as GPU flash attention does, summing in f32. Error about 2e-3
