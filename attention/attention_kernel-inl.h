@@ -96,6 +96,23 @@ HWY_INLINE void StoreBlockSums(D d, V v, float* HWY_RESTRICT out4) {
 }
 #endif
 
+#if HWY_TARGET != HWY_SCALAR
+// Per 128-bit block b: the sums of block b of a0, a1, a2 and a3, in that order.
+HWY_INLINE hn::Vec<DF> BlockSumsOfFour(hn::Vec<DF> a0, hn::Vec<DF> a1, hn::Vec<DF> a2,
+                                       hn::Vec<DF> a3) {
+  const DF df;
+  const hn::Repartition<uint64_t, DF> d64;
+  // Per block: [a0 02, a1 02, a0 13, a1 13] and the same for a2, a3.
+  const auto t01 = hn::Add(hn::InterleaveLower(df, a0, a1), hn::InterleaveUpper(df, a0, a1));
+  const auto t23 = hn::Add(hn::InterleaveLower(df, a2, a3), hn::InterleaveUpper(df, a2, a3));
+  const auto lo =
+      hn::BitCast(df, hn::InterleaveLower(d64, hn::BitCast(d64, t01), hn::BitCast(d64, t23)));
+  const auto hi =
+      hn::BitCast(df, hn::InterleaveUpper(d64, hn::BitCast(d64, t01), hn::BitCast(d64, t23)));
+  return hn::Add(lo, hi);
+}
+#endif
+
 // out4[i] = sum of the lanes of a_i: one transpose-and-add tree for four dot products instead of
 // four horizontal sums.
 HWY_INLINE void SumOfFour(hn::Vec<DF> a0, hn::Vec<DF> a1, hn::Vec<DF> a2, hn::Vec<DF> a3,
@@ -106,16 +123,8 @@ HWY_INLINE void SumOfFour(hn::Vec<DF> a0, hn::Vec<DF> a1, hn::Vec<DF> a2, hn::Ve
   out4[2] = hn::GetLane(a2);
   out4[3] = hn::GetLane(a3);
 #else
-  const DF df;
-  const hn::Repartition<uint64_t, DF> d64;
-  // Per 128-bit block: [a0 02, a1 02, a0 13, a1 13] and the same for a2, a3.
-  const auto t01 = hn::Add(hn::InterleaveLower(df, a0, a1), hn::InterleaveUpper(df, a0, a1));
-  const auto t23 = hn::Add(hn::InterleaveLower(df, a2, a3), hn::InterleaveUpper(df, a2, a3));
-  const auto lo = hn::BitCast(df, hn::InterleaveLower(d64, hn::BitCast(d64, t01),
-                                                      hn::BitCast(d64, t23)));
-  const auto hi = hn::BitCast(df, hn::InterleaveUpper(d64, hn::BitCast(d64, t01),
-                                                      hn::BitCast(d64, t23)));
-  StoreBlockSums(df, hn::Add(lo, hi), out4);  // Per block [a0, a1, a2, a3], then across blocks.
+  // Per block [a0, a1, a2, a3], then across blocks.
+  StoreBlockSums(DF(), BlockSumsOfFour(a0, a1, a2, a3), out4);
 #endif
 }
 
@@ -147,19 +156,79 @@ HWY_INLINE void FinishScores4(const float* HWY_RESTRICT q, const T* HWY_RESTRICT
   for (size_t j = 0; j < kQueryGroup; ++j) scores[j * t_pad] = sums[j];
 }
 
+#if HWY_TARGET <= HWY_AVX3
+// The four queries of a group at q laid out for ScoresOfKeys<4, kSplit, true>: chunk i (dims
+// [16i, 16i + 16)) of rotation r holds, in 128-bit block b, dims 16i + 4b to 16i + 4b + 3 of
+// query (b + r) % 4. Dims past the last whole chunk are left out. 4 * D floats at out.
+HWY_INLINE void RotateQueries(const float* HWY_RESTRICT q, size_t D, float* HWY_RESTRICT out) {
+  constexpr size_t N = 16;
+  for (size_t c = 0; c + N <= D; c += N) {
+    for (size_t r = 0; r < kQueryGroup; ++r) {
+      for (size_t b = 0; b < 4; ++b) {
+        std::memcpy(out + 4 * c + r * N + 4 * b, q + (b + r) % 4 * D + c + 4 * b,
+                    4 * sizeof(float));
+      }
+    }
+  }
+}
+
+// Writes the scores of four keys from the accumulators of ScoresOfKeys<4, kSplit, true>:
+// a[i][r] holds in block b the products of key i and query (b + r) % 4. The blocks of the four
+// keys are summed together (lane i of block b) and each sum's blocks rotated back by r, which
+// lines query j's four keys up in block j: 42 vector ops for 16 dot products and a 128-bit
+// store per query, where four FinishScores4 take 52 and 16 scalar stores (bf16 decode in L2 on
+// Emerald Rapids: 0.88x the time). Dims [full, D) are added from q and k.
+template <typename T>
+HWY_INLINE void FinishRotatedScores(const float* HWY_RESTRICT q, const T* HWY_RESTRICT k, size_t D,
+                                    size_t full, const hn::Vec<DF> (&a)[4][kQueryGroup],
+                                    float* HWY_RESTRICT scores, size_t t_pad) {
+  const __m512 s0 = BlockSumsOfFour(a[0][0], a[1][0], a[2][0], a[3][0]).raw;
+  const __m512 s1 = BlockSumsOfFour(a[0][1], a[1][1], a[2][1], a[3][1]).raw;
+  const __m512 s2 = BlockSumsOfFour(a[0][2], a[1][2], a[2][2], a[3][2]).raw;
+  const __m512 s3 = BlockSumsOfFour(a[0][3], a[1][3], a[2][3], a[3][3]).raw;
+  // _mm512_shuffle_f32x4: output block j takes input block imm[2j + 1 : 2j]; here (j - r) % 4.
+  const __m512 v = _mm512_add_ps(
+      _mm512_add_ps(s0, _mm512_shuffle_f32x4(s1, s1, 0x93)),
+      _mm512_add_ps(_mm512_shuffle_f32x4(s2, s2, 0x4E), _mm512_shuffle_f32x4(s3, s3, 0x39)));
+  // Lane 4j + i: q_j . key i.
+  if (full == D) {
+    _mm_storeu_ps(scores, _mm512_castps512_ps128(v));
+    _mm_storeu_ps(scores + t_pad, _mm512_extractf32x4_ps(v, 1));
+    _mm_storeu_ps(scores + 2 * t_pad, _mm512_extractf32x4_ps(v, 2));
+    _mm_storeu_ps(scores + 3 * t_pad, _mm512_extractf32x4_ps(v, 3));
+    return;
+  }
+  float sums[16];
+  _mm512_storeu_ps(sums, v);
+  for (size_t j = 0; j < kQueryGroup; ++j) {
+    for (size_t i = 0; i < 4; ++i) {
+      float sum = sums[4 * j + i];
+      for (size_t d = full; d < D; ++d) sum += q[j * D + d] * ScalarToF32(k[i * D + d]);
+      scores[j * t_pad + i] = sum;
+    }
+  }
+}
+#endif
+
 // Scores of kKeys consecutive key rows at k against the four queries of group q:
-// scores[j * t_pad + i] = q[j] . row i. Each query chunk loaded feeds kKeys FMAs. The rows
-// kLeadRows on (fetch_k, fetch_v; null: none) are prefetched a slice per pass of the dims loop,
-// not in one burst: with two keys, perf sampling put 17% of bf16 decode's time on the burst's
-// prefetches (waiting for miss buffers), though spreading them measured no faster by itself.
-template <size_t kKeys, bool kSplit, typename T>
-HWY_INLINE void ScoresOfKeys(const float* HWY_RESTRICT q, const T* HWY_RESTRICT k, size_t D,
-                             float* HWY_RESTRICT scores, size_t t_pad, const T* fetch_k,
-                             const T* fetch_v) {
+// scores[j * t_pad + i] = q[j] . row i. Each query chunk loaded feeds kKeys FMAs. kRotated
+// (AVX-512, four keys): the query chunks come from rot, RotateQueries' layout of the group, and
+// FinishRotatedScores sums them. The rows kLeadRows on (fetch_k, fetch_v; null: none) are
+// prefetched a slice per pass of the dims loop, not in one burst: with two keys, perf sampling
+// put 17% of bf16 decode's time on the burst's prefetches (waiting for miss buffers), though
+// spreading them measured no faster by itself.
+template <size_t kKeys, bool kSplit, bool kRotated, typename T>
+HWY_INLINE void ScoresOfKeys(const float* HWY_RESTRICT q, const float* HWY_RESTRICT rot,
+                             const T* HWY_RESTRICT k, size_t D, float* HWY_RESTRICT scores,
+                             size_t t_pad, const T* fetch_k, const T* fetch_v) {
   const DF df;
   const size_t N = hn::Lanes(df);
   const size_t full = D / N * N;
   const size_t lead_bytes = kKeys * D * sizeof(T);
+  // Chunk c (N dims from dim c) of query slot j.
+  const auto query = [&](size_t j, size_t c) {
+    return kRotated ? hn::LoadU(df, rot + kQueryGroup * c + j * N) : hn::LoadU(df, q + j * D + c);
+  };
   hn::Vec<DF> a[kKeys][kQueryGroup];
   for (size_t i = 0; i < kKeys; ++i) {
     for (size_t j = 0; j < kQueryGroup; ++j) a[i][j] = hn::Zero(df);
@@ -173,8 +242,8 @@ HWY_INLINE void ScoresOfKeys(const float* HWY_RESTRICT q, const T* HWY_RESTRICT 
     hn::Vec<DF> lo[kKeys], hi[kKeys];
     for (size_t i = 0; i < kKeys; ++i) LoadPairF32<kSplit>(k + i * D + c, lo[i], hi[i]);
     for (size_t j = 0; j < kQueryGroup; ++j) {
-      const auto qlo = hn::LoadU(df, q + j * D + c);
-      const auto qhi = hn::LoadU(df, q + j * D + c + N);
+      const auto qlo = query(j, c);
+      const auto qhi = query(j, c + N);
       for (size_t i = 0; i < kKeys; ++i) a[i][j] = hn::MulAdd(qlo, lo[i], a[i][j]);
       for (size_t i = 0; i < kKeys; ++i) a[i][j] = hn::MulAdd(qhi, hi[i], a[i][j]);
     }
@@ -187,20 +256,31 @@ HWY_INLINE void ScoresOfKeys(const float* HWY_RESTRICT q, const T* HWY_RESTRICT 
     hn::Vec<DF> kc[kKeys];
     for (size_t i = 0; i < kKeys; ++i) kc[i] = LoadF32(k + i * D + c);
     for (size_t j = 0; j < kQueryGroup; ++j) {
-      const auto qj = hn::LoadU(df, q + j * D + c);
+      const auto qj = query(j, c);
       for (size_t i = 0; i < kKeys; ++i) a[i][j] = hn::MulAdd(qj, kc[i], a[i][j]);
     }
   }
-  for (size_t i = 0; i < kKeys; ++i) FinishScores4(q, k + i * D, D, full, a[i], scores + i, t_pad);
+  if constexpr (kRotated) {
+    static_assert(kKeys == 4 && HWY_TARGET <= HWY_AVX3);
+#if HWY_TARGET <= HWY_AVX3
+    FinishRotatedScores(q, k, D, full, a, scores, t_pad);
+#endif
+  } else {
+    for (size_t i = 0; i < kKeys; ++i) {
+      FinishScores4(q, k + i * D, D, full, a[i], scores + i, t_pad);
+    }
+  }
 }
 
 // scores[j][t] = q[j] . K[t] for the four queries of group q (rows of `scores` are t_pad long).
 // K rows are read from the page in the storage dtype and widened in registers, once per group
 // (kSplit: see LoadPairF32; the queries' dims are then split the same way). Row t of lead_k and
-// lead_v (the rows kLeadRows positions on; null for none) is prefetched with row t.
+// lead_v (the rows kLeadRows positions on; null for none) is prefetched with row t. rot: the
+// group as RotateQueries lays it out, for the four-key passes (AVX-512; else unused).
 template <bool kSplit, typename T>
-HWY_INLINE void Scores4(const float* HWY_RESTRICT q, const T* HWY_RESTRICT keys, size_t n_keys,
-                        size_t D, float* HWY_RESTRICT scores, size_t t_pad, const T* lead_k,
+HWY_INLINE void Scores4(const float* HWY_RESTRICT q, const float* HWY_RESTRICT rot,
+                        const T* HWY_RESTRICT keys, size_t n_keys, size_t D,
+                        float* HWY_RESTRICT scores, size_t t_pad, const T* lead_k,
                         const T* lead_v) {
   const auto at = [D](const T* p, size_t t) { return p == nullptr ? p : p + t * D; };
   size_t t = 0;
@@ -211,15 +291,18 @@ HWY_INLINE void Scores4(const float* HWY_RESTRICT q, const T* HWY_RESTRICT keys,
     // 0.88x the time of two keys in L2, 0.95x in L3.
 #if HWY_TARGET <= HWY_AVX3
     for (; t + 4 <= n_keys; t += 4) {
-      ScoresOfKeys<4, kSplit>(q, keys + t * D, D, scores + t, t_pad, at(lead_k, t), at(lead_v, t));
+      ScoresOfKeys<4, kSplit, true>(q, rot, keys + t * D, D, scores + t, t_pad, at(lead_k, t),
+                                    at(lead_v, t));
     }
 #endif
     for (; t + 2 <= n_keys; t += 2) {
-      ScoresOfKeys<2, kSplit>(q, keys + t * D, D, scores + t, t_pad, at(lead_k, t), at(lead_v, t));
+      ScoresOfKeys<2, kSplit, false>(q, rot, keys + t * D, D, scores + t, t_pad, at(lead_k, t),
+                                     at(lead_v, t));
     }
   }
   for (; t < n_keys; ++t) {
-    ScoresOfKeys<1, kSplit>(q, keys + t * D, D, scores + t, t_pad, at(lead_k, t), at(lead_v, t));
+    ScoresOfKeys<1, kSplit, false>(q, rot, keys + t * D, D, scores + t, t_pad, at(lead_k, t),
+                                   at(lead_v, t));
   }
 }
 
@@ -362,6 +445,7 @@ HWY_INLINE const T* PageOf(const PagedKvView& view, int32_t layer, bool is_value
 
 struct Scratch {
   std::vector<float> q, acc, m, l, scores;
+  std::vector<float> rotated_q;  // RotateQueries' copy of the row kernel's queries (AVX-512).
   std::vector<float> tile;  // K or V rows widened to f32, for the tile kernel.
   std::vector<uint16_t> packed_q, probabilities;  // bf16 bits, for the vdpbf16ps path.
   std::vector<DotSegment> pages;
@@ -509,6 +593,17 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
       }
     }
   }
+  // The groups of four queries as RotateQueries lays them out, each in 4 * D floats (AVX-512).
+  const float* HWY_RESTRICT rot_all = nullptr;
+#if HWY_TARGET <= HWY_AVX3
+  if constexpr (!kDot) {
+    s.rotated_q.resize(NQ4 * D);
+    for (size_t j = 0; j < NQ4; j += kQueryGroup) {
+      RotateQueries(q_all + j * D, D, s.rotated_q.data() + j * D);
+    }
+    rot_all = s.rotated_q.data();
+  }
+#endif
   if constexpr (kDot) {
     s.packed_q.resize(PackedQuerySize(NS, D));
     PackQueries(q_all, NS, D, s.packed_q.data());
@@ -586,8 +681,8 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
         } else {
           // Only the first query group prefetches: the others read the same rows.
           for (size_t j = 0; j < NQ4; j += kQueryGroup) {
-            Scores4<kSplit>(q_all + j * D, keys, n_part, D, scores_all + j * t_pad + col, t_pad,
-                            j == 0 ? lead_k : nullptr, lead_v);
+            Scores4<kSplit>(q_all + j * D, rot_all + j * D, keys, n_part, D,
+                            scores_all + j * t_pad + col, t_pad, j == 0 ? lead_k : nullptr, lead_v);
           }
           for (size_t j = NQ4; j < NQ; ++j) {
             Scores1<kSplit>(q_all + j * D, keys, n_part, D, scores_all + j * t_pad + col,
