@@ -33,6 +33,7 @@
 
 #include "attention/attention_kernel-inl.h"
 #include "attention/kernel_args.h"
+#include "attention/work_item-inl.h"
 #include "hwy/contrib/math/math-inl.h"
 #include "hwy/highway.h"
 
