@@ -29,12 +29,14 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 #include <vector>
 
 #include "attention/bf16_dot-inl.h"
 #include "attention/kernel_args.h"
+#include "attention/widen-inl.h"
 #include "attention/work_item-inl.h"
 #include "hwy/cache_control.h"
 #include "hwy/contrib/math/math-inl.h"
@@ -44,48 +46,6 @@
 HWY_BEFORE_NAMESPACE();
 namespace pagedkv::internal::HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
-
-using DF = hn::ScalableTag<float>;
-
-inline float ScalarToF32(float x) { return x; }
-inline float ScalarToF32(hwy::bfloat16_t x) { return F32FromBF16(x.bits); }
-inline float ScalarToF32(hwy::float16_t x) {
-  uint16_t bits;
-  std::memcpy(&bits, &x, sizeof(bits));
-  return F32FromF16(bits);
-}
-
-// N elements of storage type T at p, widened to f32 in a register.
-template <typename T>
-HWY_INLINE hn::Vec<DF> LoadF32(const T* HWY_RESTRICT p) {
-  const DF df;
-  if constexpr (std::is_same_v<T, float>) {
-    return hn::LoadU(df, p);
-  } else {
-    return hn::PromoteTo(df, hn::LoadU(hn::Rebind<T, DF>(), p));
-  }
-}
-
-// Dims [0, 2N) at p as two f32 vectors. kSplit (bf16 only): lo gets the even dims and hi the odd
-// ones, one integer op each and no shuffle (a 32-bit lane holds dim 2i in its low half, which a
-// shift moves up, and dim 2i + 1 in its high half, which a mask keeps). PromoteTo widens with a
-// shuffle and a shift per N dims; on a core whose 512-bit FMAs share their two ports with both,
-// the split leaves more of those ports to the FMAs (Emerald Rapids, bf16 decode in L3 without
-// bf16 products: 0.85x the time). Otherwise lo holds dims [0, N) and hi dims [N, 2N).
-template <bool kSplit, typename T>
-HWY_INLINE void LoadPairF32(const T* HWY_RESTRICT p, hn::Vec<DF>& lo, hn::Vec<DF>& hi) {
-  if constexpr (kSplit) {
-    static_assert(std::is_same_v<T, hwy::bfloat16_t>);
-    const DF df;
-    const hn::Repartition<uint32_t, DF> du;
-    const auto pairs = hn::LoadU(du, reinterpret_cast<const uint32_t*>(p));
-    lo = hn::BitCast(df, hn::ShiftLeft<16>(pairs));
-    hi = hn::BitCast(df, hn::And(pairs, hn::Set(du, 0xFFFF0000u)));
-  } else {
-    lo = LoadF32(p);
-    hi = LoadF32(p + hn::Lanes(DF()));
-  }
-}
 
 #if HWY_TARGET != HWY_SCALAR
 // Adds the lanes of each 128-bit block of v across blocks and stores the 4 sums.

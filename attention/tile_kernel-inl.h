@@ -31,8 +31,8 @@
 #include <limits>
 #include <vector>
 
-#include "attention/attention_kernel-inl.h"
 #include "attention/kernel_args.h"
+#include "attention/widen-inl.h"
 #include "attention/work_item-inl.h"
 #include "hwy/contrib/math/math-inl.h"
 #include "hwy/highway.h"
