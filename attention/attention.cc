@@ -122,9 +122,19 @@ absl::Status Validate(const PagedKvView& view, int32_t layer, int32_t num_q_head
                    expected, " (", q_offsets.back(), " tokens * ", num_q_heads, " heads * ",
                    view.head_dim, " head_dim)");
   }
+  // out may be q itself (in place: each work item reads its queries before it writes), but not
+  // a shifted view of it, whose rows would be overwritten before they are read.
+  const auto q_at = reinterpret_cast<std::uintptr_t>(q.data());
+  const auto out_at = reinterpret_cast<std::uintptr_t>(out.data());
+  const std::uintptr_t bytes = q.size() * sizeof(float);
+  if (bytes > 0 && q_at != out_at && q_at < out_at + bytes && out_at < q_at + bytes) {
+    return Invalid("attention: out overlaps q ", (out_at > q_at ? out_at - q_at : q_at - out_at),
+                   " bytes away; pass the same buffer for in place, or separate ones");
+  }
+  // soft_cap * tanh(x / soft_cap) is inf * 0 for an infinite cap: NaN logits.
   if (!std::isfinite(options.scale) || options.scale < 0 || options.sliding_window < 0 ||
-      !(options.soft_cap >= 0) || options.num_threads < 0 || options.min_partition_tokens < 1 ||
-      !KnownBf16Products(options.bf16_products)) {
+      !(options.soft_cap >= 0) || !std::isfinite(options.soft_cap) || options.num_threads < 0 ||
+      options.min_partition_tokens < 1 || !KnownBf16Products(options.bf16_products)) {
     return Invalid("attention: bad options (scale ", options.scale, ", sliding_window ",
                    options.sliding_window, ", soft_cap ", options.soft_cap, ", num_threads ",
                    options.num_threads, ", min_partition_tokens ", options.min_partition_tokens,

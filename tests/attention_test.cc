@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <random>
 #include <string>
@@ -54,6 +55,8 @@ struct Case {
   std::vector<int32_t> q_lens;    // Queries per sequence (1 = decode).
   std::vector<int> fork_of;       // -1, or the index of the sequence this one forks.
   AttentionOptions options;
+  // Also run in place (out == q) and expect the same bits as with separate buffers.
+  bool in_place = false;
 };
 
 // Builds the cache, runs ExtendAttention and the reference, and returns the max abs error
@@ -129,6 +132,15 @@ double RunCase(const Case& c, uint64_t seed) {
   const absl::Status status = ExtendAttention(view, layer, num_q_heads, q_offsets, q,
                                               absl::MakeSpan(out), options);
   EXPECT_TRUE(status.ok()) << status;
+  if (c.in_place) {
+    std::vector<float> q_and_out = q;
+    EXPECT_TRUE(ExtendAttention(view, layer, num_q_heads, q_offsets, q_and_out,
+                                absl::MakeSpan(q_and_out), options)
+                    .ok());
+    size_t differ = 0;
+    for (size_t i = 0; i < out.size(); ++i) differ += q_and_out[i] != out[i];
+    EXPECT_EQ(differ, 0u) << "of " << out.size() << " floats differ in place";
+  }
   const std::vector<float> want = internal::ReferenceAttention(
       contiguous, c.num_kv_heads, c.head_dim, num_q_heads, q_offsets, q, c.options);
   double scale = 1e-30, err = 0;
@@ -264,6 +276,7 @@ TEST(AttentionTest, PartitionedLongContextsMatch) {
       c.options.num_threads = threads;
       c.options.min_partition_tokens = 100;
       c.options.sliding_window = threads == 3 ? 1000 : 0;
+      c.in_place = true;  // Partitions read the same queries, and their reduction writes out.
       ASSERT_LE(RunCase(c, 5), Tolerance(dtype)) << threads << " threads";
     }
   }
@@ -328,6 +341,7 @@ TEST(AttentionTest, RandomShapesAndOptionsMatchReference) {
       c.options.soft_cap = pick(0, 2) == 0 ? 0.5f * static_cast<float>(pick(1, 60)) : 0.0f;
       c.options.num_threads = pick(1, 4);
       c.options.min_partition_tokens = pick(16, 200);
+      c.in_place = pick(0, 3) == 0;
       const double err = RunCase(c, seed);
       ASSERT_LE(err, Tolerance(c.dtype))
           << "seed " << seed << ": head_dim " << c.head_dim << " block " << c.block_size
@@ -347,6 +361,7 @@ TEST(AttentionTest, PrefillOfAWholePromptIsCausal) {
   c.lengths = {100, 33};
   c.q_lens = {100, 33};
   c.options.num_threads = 2;
+  c.in_place = true;  // Tiles of query rows, each read before it is written.
   ASSERT_LE(RunCase(c, 9), Tolerance(c.dtype));
 }
 
@@ -376,10 +391,24 @@ TEST(AttentionTest, BadInputIsRejectedAndNothingIsWritten) {
   AttentionOptions bad;
   bad.sliding_window = -1;
   expect_invalid(DecodeAttention(view, 0, hq, q, absl::MakeSpan(out), bad), "bad options");
+  AttentionOptions infinite_cap;
+  infinite_cap.soft_cap = std::numeric_limits<float>::infinity();
+  expect_invalid(DecodeAttention(view, 0, hq, q, absl::MakeSpan(out), infinite_cap),
+                 "soft_cap inf");
   AttentionOptions unknown_products;
   unknown_products.bf16_products = static_cast<Bf16Products>(7);
   expect_invalid(DecodeAttention(view, 0, hq, q, absl::MakeSpan(out), unknown_products),
                  "bf16_products 7");
+  // out one float on from q in the same buffer: rows would be overwritten before they are read.
+  std::vector<float> shared(q.size() + 1, 0.5f);
+  const std::vector<float> before = shared;
+  const absl::Status overlap =
+      DecodeAttention(view, 0, hq, absl::MakeConstSpan(shared.data(), q.size()),
+                      absl::MakeSpan(shared.data() + 1, q.size()));
+  EXPECT_EQ(overlap.code(), absl::StatusCode::kInvalidArgument) << overlap;
+  EXPECT_NE(overlap.message().find("out overlaps q 4 bytes away"), absl::string_view::npos)
+      << overlap;
+  EXPECT_EQ(shared, before);
   EXPECT_TRUE(DecodeAttention(view, 0, hq, q, absl::MakeSpan(out)).ok());
 }
 

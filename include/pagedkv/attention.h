@@ -36,7 +36,8 @@ struct AttentionOptions {
   float scale = 0.0f;
   // > 0: a query at position p sees only keys in [p - sliding_window + 1, p].
   int32_t sliding_window = 0;
-  // > 0: logits become soft_cap * tanh(logits / soft_cap) (Gemma 2 style), after scaling.
+  // > 0 (and finite): logits become soft_cap * tanh(logits / soft_cap) (Gemma 2 style), after
+  // scaling.
   float soft_cap = 0.0f;
   // Threads of the process-wide pool to spread work over (OpenMP's; in builds without OpenMP
   // the library's own, where a call made while another caller's work holds the pool runs
@@ -54,7 +55,8 @@ struct AttentionOptions {
 // query's own K/V included: reserve and write it first).
 //   q, out: [view.num_seqs][num_q_heads][head_dim] f32.
 // Query heads that share a KV head (num_q_heads / num_kv_heads of them, GQA) are processed
-// together, so each K/V page is read once per group. kInvalidArgument names any shape mismatch;
+// together, so each K/V page is read once per group. out may be q itself (in place), not an
+// overlapping part of it. kInvalidArgument names any shape mismatch, bad option or overlap;
 // nothing is written then.
 absl::Status DecodeAttention(const PagedKvView& view, int32_t layer, int32_t num_q_heads,
                              absl::Span<const float> q, absl::Span<float> out,
@@ -64,7 +66,7 @@ absl::Status DecodeAttention(const PagedKvView& view, int32_t layer, int32_t num
 // n_s = q_offsets[s + 1] - q_offsets[s] query tokens, its last n_s positions, so query i of a
 // sequence of length L sees positions <= L - n_s + i (causal).
 //   q_offsets: [view.num_seqs + 1], q_offsets[0] == 0, non-decreasing, n_s <= L.
-//   q, out: [q_offsets.back()][num_q_heads][head_dim] f32.
+//   q, out: [q_offsets.back()][num_q_heads][head_dim] f32; out may be q itself, as in decode.
 absl::Status ExtendAttention(const PagedKvView& view, int32_t layer, int32_t num_q_heads,
                              absl::Span<const int32_t> q_offsets, absl::Span<const float> q,
                              absl::Span<float> out, const AttentionOptions& options = {});

@@ -3,8 +3,9 @@
 // sizes 1-24, 1-3 KV heads, GQA 1-6, the three dtypes, up to three sequences (forks among them)
 // of up to 160 tokens with ragged query counts, windows, soft-caps, scales, 1-3 threads with
 // partitions as small as one token, vdpbf16ps on and off. The output must stay within the
-// tests' tolerance of the reference. Some inputs break one argument on purpose instead: the call
-// must then return kInvalidArgument and leave the output as it was.
+// tests' tolerance of the reference, and run in place (out == q) give the same bits. Some inputs
+// break one argument on purpose instead (shapes, options, out overlapping q): the call must then
+// return kInvalidArgument and leave the output as it was.
 #include <fuzzer/FuzzedDataProvider.h>
 
 #include <algorithm>
@@ -12,6 +13,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -24,6 +26,7 @@ namespace pagedkv::fuzz {
 namespace {
 
 constexpr float kUntouched = -7.0f;
+constexpr float kInfinity = std::numeric_limits<float>::infinity();
 
 void Run(FuzzedDataProvider& in) {
   CacheConfig config;
@@ -94,8 +97,24 @@ void Run(FuzzedDataProvider& in) {
   std::vector<float> out(q_size, kUntouched);
 
   // One argument broken on purpose: the call must refuse it and write nothing.
-  const int broken = in.ConsumeIntegralInRange<int>(0, 7);
-  if (broken > 0 && broken <= 4) {
+  const int broken = in.ConsumeIntegralInRange<int>(0, 9);
+  if (broken == 6) {  // out a few floats on from q in one buffer.
+    const size_t shift = in.ConsumeIntegralInRange<size_t>(1, q_size);
+    std::vector<float> shared(q_size + shift);
+    std::copy(q.begin(), q.end(), shared.begin());
+    const std::vector<float> before = shared;
+    const absl::Status st = ExtendAttention(*view, 0, num_q_heads, q_offsets,
+                                            absl::MakeConstSpan(shared.data(), q_size),
+                                            absl::MakeSpan(shared.data() + shift, q_size), options);
+    const bool overlaps = shift < q_size;
+    if (overlaps && st.code() != absl::StatusCode::kInvalidArgument) {
+      Die("overlapping q and out not refused:", st);
+    }
+    if (!overlaps && !st.ok()) Die("adjacent q and out refused:", st);
+    if (overlaps && shared != before) Die("a refused call wrote its output");
+    return;
+  }
+  if (broken > 0 && broken <= 5) {
     std::vector<int32_t> bad_offsets = q_offsets;
     std::vector<float> bad_q = q;
     int32_t heads = num_q_heads;
@@ -107,6 +126,7 @@ void Run(FuzzedDataProvider& in) {
       bad_offsets.back() += 200;
       bad_q.resize(static_cast<size_t>(bad_offsets.back()) * heads * config.head_dim);
     }
+    if (broken == 5) bad_options.soft_cap = kInfinity;  // NaN logits if taken.
     const absl::Status st = ExtendAttention(*view, 0, heads, bad_offsets, bad_q,
                                             absl::MakeSpan(out), bad_options);
     if (st.code() != absl::StatusCode::kInvalidArgument) Die("bad input not refused:", st);
@@ -119,6 +139,13 @@ void Run(FuzzedDataProvider& in) {
   const absl::Status st =
       ExtendAttention(*view, 0, num_q_heads, q_offsets, q, absl::MakeSpan(out), options);
   if (!st.ok()) Die("attention:", st);
+  if (in.ConsumeBool()) {  // In place: the same bits as with separate buffers.
+    std::vector<float> q_and_out = q;
+    const absl::Status again = ExtendAttention(*view, 0, num_q_heads, q_offsets, q_and_out,
+                                               absl::MakeSpan(q_and_out), options);
+    if (!again.ok()) Die("attention in place:", again);
+    if (q_and_out != out) Die("attention in place differs from separate buffers");
+  }
   std::vector<internal::ContiguousKv> contiguous;
   for (SeqId id : ids) {
     internal::ContiguousKv kv;
