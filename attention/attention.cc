@@ -143,9 +143,11 @@ absl::Status Validate(const PagedKvView& view, int32_t layer, int32_t num_q_head
   return absl::OkStatus();
 }
 
+// The threads a call runs on (and plans its partitions for): as asked, or every hardware thread
+// for 0, at most internal::kMaxThreads.
 int32_t ThreadCount(int32_t requested) {
-  if (requested > 0) return requested;
-  return static_cast<int32_t>(std::max(1u, std::thread::hardware_concurrency()));
+  const auto hardware = static_cast<int32_t>(std::max(1u, std::thread::hardware_concurrency()));
+  return std::min(requested > 0 ? requested : hardware, internal::kMaxThreads);
 }
 
 }  // namespace

@@ -12,7 +12,7 @@ namespace pagedkv::internal {
 namespace {
 
 // Workers are started up to the most helpers any call has asked for, at most this many.
-constexpr int64_t kMaxWorkers = 255;
+constexpr int64_t kMaxWorkers = kMaxThreads - 1;
 
 // Pauses a thread polls for before it blocks (tens of microseconds), so that back-to-back calls
 // (a model's layers) wait neither for a worker to wake up nor for the caller to: without them,

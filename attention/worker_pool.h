@@ -6,26 +6,32 @@
 #ifndef PAGEDKV_ATTENTION_WORKER_POOL_H_
 #define PAGEDKV_ATTENTION_WORKER_POOL_H_
 
+#include <algorithm>
 #include <cstdint>
 
 #include "absl/functional/function_ref.h"
 
 namespace pagedkv::internal {
 
+// The most threads one call runs on: the caller and up to 255 workers. Asked for more, libgomp
+// starts them all (30 ms a call at 2,000 threads; a crash at 100,000).
+constexpr int32_t kMaxThreads = 256;
+
 // Runs fn(i) once for every i in [0, n), on up to `threads` threads: the caller and threads - 1
 // workers, which take indices in turn. Returns when every call has returned. One thread (or
 // n <= 1) runs inline; while another caller's work holds the pool, this call runs inline too.
 void PoolParallelFor(int64_t n, int32_t threads, absl::FunctionRef<void(int64_t)> fn);
 
-// Runs fn(i) for i in [0, n) on `threads` threads: OpenMP's pool where the code including this
-// is built with OpenMP, PoolParallelFor's otherwise (both created once per process). One thread
-// runs inline. The kernels and the benchmarks' machine baselines share it, so a thread count
-// means the same threads for both.
+// Runs fn(i) for i in [0, n) on `threads` threads, at most n and kMaxThreads: OpenMP's pool
+// where the code including this is built with OpenMP, PoolParallelFor's otherwise (both created
+// once per process). One thread runs inline. The kernels and the benchmarks' machine baselines
+// share it, so a thread count means the same threads for both.
 template <typename Fn>
 void ParallelFor(int64_t n, int32_t threads, const Fn& fn) {
 #if defined(_OPENMP)
-  if (threads > 1 && n > 1) {
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+  const auto team = static_cast<int32_t>(std::min<int64_t>({threads, n, kMaxThreads}));
+  if (team > 1) {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(team)
     for (int64_t i = 0; i < n; ++i) fn(i);
     return;
   }

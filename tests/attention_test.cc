@@ -282,6 +282,22 @@ TEST(AttentionTest, PartitionedLongContextsMatch) {
   }
 }
 
+// More threads than work, and far more than kMaxThreads (libgomp used to start every one asked
+// for, and crashed at 100,000): capped, with the same results.
+TEST(AttentionTest, HugeThreadCountsAreCapped) {
+  for (int32_t threads : {64, 100000}) {
+    Case c;
+    c.head_dim = 64;
+    c.group = 2;
+    c.dtype = DType::kBF16;
+    c.lengths = {3000, 50};
+    c.q_lens = {1, 3};
+    c.options.num_threads = threads;
+    c.options.min_partition_tokens = 100;
+    ASSERT_LE(RunCase(c, 8), Tolerance(c.dtype)) << threads << " threads";
+  }
+}
+
 // Head dims past the sweep's 256: 512 and 576 (the latent-attention decode of DeepSeek-style
 // models), and 1000, which the vdpbf16ps path cannot take (not a multiple of 8), on every target.
 TEST(AttentionTest, LargeHeadDimsMatchReference) {
