@@ -14,9 +14,9 @@
 //     keys are scored at a time against the group laid out in rotated blocks, so that 16 dot
 //     products are summed with one transpose (RotateQueries), and two or three queries left
 //     over are padded to a group.
-// K and V rows kLeadRows positions ahead are prefetched, row for row, while these are worked on,
-// across page boundaries: the hardware prefetcher does not follow a jump to a scattered page, nor
-// keep far enough ahead inside a large one.
+// K rows kLeadRows positions ahead are prefetched, row for row, while keys are scored, and V rows
+// while values are summed, across page boundaries: the hardware prefetcher does not follow a jump
+// to a scattered page, nor keep far enough ahead inside a large one.
 
 #if defined(PAGEDKV_ATTENTION_KERNEL_INL_H_) == defined(HWY_TARGET_TOGGLE)
 #ifdef PAGEDKV_ATTENTION_KERNEL_INL_H_
@@ -273,11 +273,11 @@ HWY_INLINE void Scores4(const float* HWY_RESTRICT q, const float* HWY_RESTRICT r
 
 // acc[j] += sum_t p[j][t] * V[t] over dims [c, c + kChunks * N) for the four queries of a group:
 // kChunks V chunks, widened once per key (in pairs, as LoadPairF32), feed 4 * kChunks
-// accumulators.
+// accumulators. The same dims of row t of lead (null: none) are prefetched with row t.
 template <size_t kChunks, bool kSplit, typename T>
 HWY_INLINE void ValueChunks4(const float* HWY_RESTRICT p, size_t t_pad,
                              const T* HWY_RESTRICT values, size_t n_keys, size_t D, size_t c,
-                             float* HWY_RESTRICT acc) {
+                             float* HWY_RESTRICT acc, const T* lead) {
   const DF df;
   const size_t N = hn::Lanes(df);
   hn::Vec<DF> a[kQueryGroup][kChunks];
@@ -285,6 +285,7 @@ HWY_INLINE void ValueChunks4(const float* HWY_RESTRICT p, size_t t_pad,
     for (size_t k = 0; k < kChunks; ++k) a[j][k] = hn::LoadU(df, acc + j * D + c + k * N);
   }
   for (size_t t = 0; t < n_keys; ++t) {
+    if (lead != nullptr) PrefetchRows(lead + t * D + c, nullptr, kChunks * N * sizeof(T));
     const T* HWY_RESTRICT v = values + t * D + c;
     hn::Vec<DF> vc[kChunks];
     for (size_t k = 0; k < kChunks; k += 2) LoadPairF32<kSplit>(v + k * N, vc[k], vc[k + 1]);
@@ -300,10 +301,11 @@ HWY_INLINE void ValueChunks4(const float* HWY_RESTRICT p, size_t t_pad,
 
 // acc[j] += sum_t p[j][t] * V[t] for the four queries of a group. V chunks are widened in
 // registers once and feed four independent accumulators each. With kSplit, acc holds each 2N
-// dims' even dims, then its odd ones (LoadPairF32).
+// dims' even dims, then its odd ones (LoadPairF32). Row t of lead (null: none) is prefetched
+// with row t, a pass's dims at a time.
 template <bool kSplit, typename T>
 HWY_INLINE void Values4(const float* HWY_RESTRICT p, size_t t_pad, const T* HWY_RESTRICT values,
-                        size_t n_keys, size_t D, float* HWY_RESTRICT acc) {
+                        size_t n_keys, size_t D, float* HWY_RESTRICT acc, const T* lead) {
   const size_t N = hn::Lanes(DF());
   size_t c = 0;
 #if HWY_TARGET <= HWY_AVX3
@@ -311,12 +313,12 @@ HWY_INLINE void Values4(const float* HWY_RESTRICT p, size_t t_pad, const T* HWY_
   // probability, so each broadcast probability feeds four FMAs instead of two (f16 decode
   // 0.95-0.96x the time; f32 the same).
   for (; c + 4 * N <= D; c += 4 * N) {
-    ValueChunks4<4, kSplit>(p, t_pad, values, n_keys, D, c, acc);
+    ValueChunks4<4, kSplit>(p, t_pad, values, n_keys, D, c, acc, lead);
   }
 #endif
   // Two chunks at a time: 8 accumulators + 2 values + 4 probabilities fit 16 registers.
   for (; c + 2 * N <= D; c += 2 * N) {
-    ValueChunks4<2, kSplit>(p, t_pad, values, n_keys, D, c, acc);
+    ValueChunks4<2, kSplit>(p, t_pad, values, n_keys, D, c, acc, lead);
   }
   for (; c < D; ++c) {  // Not with kSplit, whose D is a multiple of 2N.
     for (size_t t = 0; t < n_keys; ++t) {
@@ -351,10 +353,10 @@ HWY_INLINE void Scores1(const float* HWY_RESTRICT q, const T* HWY_RESTRICT keys,
   }
 }
 
-// One query: acc += sum_t p[t] * V[t], four chunks at a time; kSplit as Values4.
+// One query: acc += sum_t p[t] * V[t], four chunks at a time; kSplit and lead as Values4.
 template <bool kSplit, typename T>
 HWY_INLINE void Values1(const float* HWY_RESTRICT p, const T* HWY_RESTRICT values, size_t n_keys,
-                        size_t D, float* HWY_RESTRICT acc) {
+                        size_t D, float* HWY_RESTRICT acc, const T* lead) {
   const DF df;
   const size_t N = hn::Lanes(df);
   size_t c = 0;
@@ -362,6 +364,7 @@ HWY_INLINE void Values1(const float* HWY_RESTRICT p, const T* HWY_RESTRICT value
     auto a0 = hn::LoadU(df, acc + c), a1 = hn::LoadU(df, acc + c + N);
     auto a2 = hn::LoadU(df, acc + c + 2 * N), a3 = hn::LoadU(df, acc + c + 3 * N);
     for (size_t t = 0; t < n_keys; ++t) {
+      if (lead != nullptr) PrefetchRows(lead + t * D + c, nullptr, 4 * N * sizeof(T));
       const T* HWY_RESTRICT v = values + t * D + c;
       const auto pt = hn::Set(df, p[t]);
       hn::Vec<DF> v0, v1, v2, v3;
@@ -380,6 +383,7 @@ HWY_INLINE void Values1(const float* HWY_RESTRICT p, const T* HWY_RESTRICT value
   for (; c + 2 * N <= D; c += 2 * N) {
     auto a0 = hn::LoadU(df, acc + c), a1 = hn::LoadU(df, acc + c + N);
     for (size_t t = 0; t < n_keys; ++t) {
+      if (lead != nullptr) PrefetchRows(lead + t * D + c, nullptr, 2 * N * sizeof(T));
       const auto pt = hn::Set(df, p[t]);
       hn::Vec<DF> v0, v1;
       LoadPairF32<kSplit>(values + t * D + c, v0, v1);
@@ -504,75 +508,88 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
   // them in the block table is read as one page: one segment and one jump instead of one per
   // page. Not with pages shorter than the lead, whose last part's lead rows span several pages.
   const bool join_runs = view.block_stride_bytes == bs * view.row_stride_bytes && bs >= lead;
-  for (int64_t t0 = lo, t1 = lo; t0 < hi; t0 = t1) {
-    t1 = std::min(hi, (t0 / step + 1) * step);
-    const int64_t b0 = t0 / bs;
-    const int64_t b1 = (t1 - 1) / bs;
-    const size_t n_keys = static_cast<size_t>(t1 - t0);
-    // Scores of every page of the step, side by side: column = key - t0.
-    if constexpr (kDot) s.pages.clear();
-    for (int64_t b = b0, e = b0; b <= b1; b = e + 1) {
-      // Pages b..e: a run of consecutive block ids, read as one page where they are adjacent.
+  // V's lead rows are fetched by the value pass, K's by the scores: the fetches then keep pace
+  // with the arithmetic through the step, where fetching V with K asked for twice the bytes per
+  // key during the scores and none during the values. Decode on Emerald Rapids, one thread,
+  // calls of the two alternated in one process, against fetching V with K: in L3 (context
+  // 2,048), GQA 4 bf16 0.78-0.89x the time, f32 0.91-0.95x, f16 0.85-0.87x, GQA 1, 2 and 8
+  // 0.85-0.95x; for 128 MiB 0.90-0.92x paged, 0.99x contiguous; in L2 0.87-1.0x. AVX2 forced:
+  // f32 paged 0.86-0.90x but contiguous 1.02-1.03x; not where a pass of the value loop reads
+  // half a line of each row (16-bit pages in groups of four), which took 1.0-1.2x.
+  const size_t pass_bytes = (NQ4 > 0 && HWY_TARGET > HWY_AVX3 ? 2 : 4) * N * sizeof(T);
+  const bool values_fetch_v = pass_bytes >= 64;
+  // Calls part(b, p0, p1, tb) for the rows [t0, t1) of a step in order: rows [p0, p1) of the
+  // run of pages from b (consecutive block ids, read as one page where join_runs; else one page),
+  // in up to two parts per run, split where their lead rows move on to the next page named by
+  // the block table, so that each part's lead rows lie in one page, tb.
+  const auto for_each_part = [&](int64_t t0, int64_t t1, const auto& part) {
+    for (int64_t b = t0 / bs, e = b, b1 = (t1 - 1) / bs; b <= b1; b = e + 1) {
       e = b;
       if (join_runs) {
         while (e < b1 && table[e + 1] == table[e] + 1) ++e;
       }
       const int64_t k0 = std::max(t0, b * bs);
       const int64_t k1 = std::min(t1, (e + 1) * bs);
+      const int64_t split = std::clamp((e + 1) * bs - lead, k0, k1);
+      for (int64_t p0 = k0, p1 = k0; p0 < k1; p0 = p1) {
+        p1 = p0 < split ? split : k1;
+        part(b, p0, p1, p0 < split ? b : e + lead_pages);
+      }
+    }
+  };
+  // Rows p0 + lead on of K or V, in page tb (null past the item's last page).
+  const auto lead_rows = [&](bool v, int64_t tb, int64_t p0) -> const T* {
+    return tb <= last_page ? PageOf<T>(view, a.layer, v, table[tb], it.kv_head) +
+                                 static_cast<size_t>(p0 + lead - tb * bs) * D
+                           : nullptr;
+  };
+  for (int64_t t0 = lo, t1 = lo; t0 < hi; t0 = t1) {
+    t1 = std::min(hi, (t0 / step + 1) * step);
+    const size_t n_keys = static_cast<size_t>(t1 - t0);
+    // Scores of every page of the step, side by side: column = key - t0.
+    if constexpr (kDot) s.pages.clear();
+    for_each_part(t0, t1, [&](int64_t b, int64_t p0, int64_t p1, int64_t tb) {
+      const bool first = p0 == std::max(t0, b * bs);  // The run's first part.
       // The same page of the next step, whose first line TouchAhead fetches.
-      const bool far = b + ahead <= last_page;
+      const bool far = first && b + ahead <= last_page;
       const T* far_k =
           far ? PageOf<T>(view, a.layer, false, table[b + ahead], it.kv_head) : nullptr;
       const T* far_v =
           far ? PageOf<T>(view, a.layer, true, table[b + ahead], it.kv_head) : nullptr;
       if constexpr (!kDot) TouchAhead(far_k, far_v);
-      // The run's rows are read in up to two parts, split where their lead rows move on to the
-      // next page named by the block table, so that each part's lead rows lie in one run.
-      const int64_t split = std::clamp((e + 1) * bs - lead, k0, k1);
-      for (int64_t p0 = k0, p1 = k0; p0 < k1; p0 = p1) {
-        p1 = p0 < split ? split : k1;
-        const size_t row0 = static_cast<size_t>(p0 - b * bs) * D;
-        const T* keys = PageOf<T>(view, a.layer, false, table[b], it.kv_head) + row0;
-        const size_t n_part = static_cast<size_t>(p1 - p0);
-        const size_t col = static_cast<size_t>(p0 - t0);
-        const int64_t tb = p0 < split ? b : e + lead_pages;  // The page of the lead rows.
-        const size_t lead_row0 = static_cast<size_t>(p0 + lead - tb * bs) * D;
-        const T* lead_k =
-            tb <= last_page ? PageOf<T>(view, a.layer, false, table[tb], it.kv_head) + lead_row0
-                            : nullptr;
-        const T* lead_v =
-            tb <= last_page ? PageOf<T>(view, a.layer, true, table[tb], it.kv_head) + lead_row0
-                            : nullptr;
-        if constexpr (kDot) {
-          const auto bits = [](const T* p) { return reinterpret_cast<const uint16_t*>(p); };
-          const T* values = PageOf<T>(view, a.layer, true, table[b], it.kv_head) + row0;
-          // The first part touches the pages a step ahead. (Filled in place: a copy of a
-          // DotSegment built field by field stalled on store forwarding, 1.04x the time in L3.)
-          const bool first = p0 == k0;
-          s.pages.push_back(DotSegment{bits(keys), bits(values), n_part, col, bits(lead_k),
-                                       bits(lead_v), nullptr, first ? bits(far_k) : nullptr,
-                                       first ? bits(far_v) : nullptr});
-        } else {
-          // Only the first query group prefetches: the others read the same rows.
-          for (size_t j = 0; j < NQ4; j += kQueryGroup) {
-            Scores4<kSplit>(q_all + j * D, rot_all == nullptr ? nullptr : rot_all + j * D, keys,
-                            n_part, D, scores_all + j * t_pad + col, t_pad,
-                            j == 0 ? lead_k : nullptr, lead_v);
-          }
-          for (size_t j = NQ4; j < NQ; ++j) {
-            Scores1<kSplit>(q_all + j * D, keys, n_part, D, scores_all + j * t_pad + col,
-                            j == 0 ? lead_k : nullptr, lead_v);
-          }
+      const size_t row0 = static_cast<size_t>(p0 - b * bs) * D;
+      const T* keys = PageOf<T>(view, a.layer, false, table[b], it.kv_head) + row0;
+      const size_t n_part = static_cast<size_t>(p1 - p0);
+      const size_t col = static_cast<size_t>(p0 - t0);
+      const T* lead_k = lead_rows(false, tb, p0);
+      if constexpr (kDot) {
+        const auto bits = [](const T* p) { return reinterpret_cast<const uint16_t*>(p); };
+        const T* values = PageOf<T>(view, a.layer, true, table[b], it.kv_head) + row0;
+        // The first part touches the pages a step ahead. (Filled in place: a copy of a
+        // DotSegment built field by field stalled on store forwarding, 1.04x the time in L3.)
+        s.pages.push_back(DotSegment{bits(keys), bits(values), n_part, col, bits(lead_k),
+                                     bits(lead_rows(true, tb, p0)), nullptr, bits(far_k),
+                                     bits(far_v)});
+      } else {
+        const T* lead_v = values_fetch_v ? nullptr : lead_rows(true, tb, p0);
+        // Only the first query group prefetches: the others read the same rows.
+        for (size_t j = 0; j < NQ4; j += kQueryGroup) {
+          Scores4<kSplit>(q_all + j * D, rot_all == nullptr ? nullptr : rot_all + j * D, keys,
+                          n_part, D, scores_all + j * t_pad + col, t_pad, j == 0 ? lead_k : nullptr,
+                          lead_v);
+        }
+        for (size_t j = NQ4; j < NQ; ++j) {
+          Scores1<kSplit>(q_all + j * D, keys, n_part, D, scores_all + j * t_pad + col,
+                          j == 0 ? lead_k : nullptr, lead_v);
         }
       }
-    }
+    });
     if constexpr (kDot) {
       // V is fetched for the value pass, not with the keys: the value pass fetches its lead
       // rows, and the keys of the step's last part fetch the step's first V rows (instead of the
       // value pass of the step before), as many as that part has. Fetched with the keys, a
       // 256-key step's V left L1 before it was read: 13% slower from DRAM, 3% in L3 (one
-      // thread). The widening path above keeps fetching V with the keys: split the same way, it
-      // measured slower (f32 1.16x, f16 without GQA 1.31x the time, L3).
+      // thread). The widening path splits them too (values_fetch_v).
       if (s.pages.size() > 1 && s.pages.front().n >= s.pages.back().n) {
         s.pages.back().first_v = s.pages.front().values;
         s.pages.back().lead_v = nullptr;
@@ -638,20 +655,21 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
                 acc_all, acc_stride);
       continue;
     }
-    for (int64_t b = b0; b <= b1; ++b) {
-      const int64_t k0 = std::max(t0, b * bs);
-      const int64_t k1 = std::min(t1, (b + 1) * bs);
+    for_each_part(t0, t1, [&](int64_t b, int64_t p0, int64_t p1, int64_t tb) {
       const T* values = PageOf<T>(view, a.layer, true, table[b], it.kv_head) +
-                        static_cast<size_t>(k0 - b * bs) * D;
+                        static_cast<size_t>(p0 - b * bs) * D;
+      const T* lead_v = values_fetch_v ? lead_rows(true, tb, p0) : nullptr;
+      const size_t col = static_cast<size_t>(p0 - t0);
+      const size_t n_part = static_cast<size_t>(p1 - p0);
       for (size_t j = 0; j < NQ4; j += kQueryGroup) {
-        Values4<kSplit>(scores_all + j * t_pad + (k0 - t0), t_pad, values,
-                        static_cast<size_t>(k1 - k0), D, acc_all + j * D);
+        Values4<kSplit>(scores_all + j * t_pad + col, t_pad, values, n_part, D, acc_all + j * D,
+                        j == 0 ? lead_v : nullptr);
       }
       for (size_t j = NQ4; j < NQ; ++j) {
-        Values1<kSplit>(scores_all + j * t_pad + (k0 - t0), values, static_cast<size_t>(k1 - k0), D,
-                        acc_all + j * D);
+        Values1<kSplit>(scores_all + j * t_pad + col, values, n_part, D, acc_all + j * D,
+                        j == 0 ? lead_v : nullptr);
       }
-    }
+    });
   }
 
   WriteRows<kDot, kSplit>(a, it, s.acc.data(), acc_stride, s.m.data(), s.l.data());
