@@ -465,6 +465,36 @@ BENCHMARK(BM_StreamRead)
     ->ArgsProduct({{8 << 20, 16 << 20, 128 << 20, 256 << 20}, {1, 2}})
     ->UseRealTime();
 
+// Bf16 decode's arithmetic (GQA 4: 96 vector ops per key and KV head on AVX-512) over K and V
+// rows streamed from buffers of `bytes` in all, without the kernel's dependencies: the bytes/s
+// the decode rows could reach if their loads overlapped their arithmetic perfectly. 32 KiB sits
+// in L1 (read again and again: the arithmetic alone), 8 MiB in L3 as BM_DecodePaged's 1 x 2,048,
+// 256 MiB in DRAM as its 32 x 2,048. Compare with BM_StreamRead of the same size and threads.
+void BM_DecodeArithmeticRead(benchmark::State& state) {
+  const size_t bytes = static_cast<size_t>(state.range(0));
+  const int threads = static_cast<int>(state.range(1));
+  // Half K, half V; bf16 pairs of about 1, so the sums stay finite.
+  std::vector<uint32_t> k(bytes / 8, 0x3f803f80u), v(bytes / 8, 0x3f803f80u);
+  const size_t per = k.size() / static_cast<size_t>(threads);
+  // At least 8 MiB per thread per iteration, so that the 32 KiB rows are not timing the threads'
+  // start and join.
+  const size_t passes = std::max<size_t>(1, (size_t{8} << 20) / (2 * per * sizeof(uint32_t)));
+  std::vector<float> sums(static_cast<size_t>(threads));
+  for (auto _ : state) {
+    internal::ParallelFor(threads, threads, [&](int64_t i) {
+      const auto t = static_cast<size_t>(i);
+      sums[t] = DecodeArithmeticSum(k.data() + per * t, v.data() + per * t, per, passes);
+    });
+    benchmark::DoNotOptimize(sums.data());
+  }
+  state.SetBytesProcessed(state.iterations() *
+                          static_cast<int64_t>(2 * per * sizeof(uint32_t) * passes * threads));
+}
+BENCHMARK(BM_DecodeArithmeticRead)
+    ->ArgNames({"bytes", "threads"})
+    ->ArgsProduct({{32 << 10, 8 << 20, 256 << 20}, {1, 2}})
+    ->UseRealTime();
+
 // Paged decode's access pattern without its arithmetic: runs of `kib` KiB of a huge-page arena
 // read in random order, the next one prefetched, split over the threads. 4 KiB is one KV head's
 // page of 16 bf16 rows of 128, as the decode rows read them; 32 KiB is a whole 16-token block of

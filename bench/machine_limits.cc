@@ -53,6 +53,47 @@ float PageSumImpl(const float* HWY_RESTRICT base, const int32_t* HWY_RESTRICT or
   return hn::GetLane(hn::SumOfLanes(d, hn::Add(hn::Add(a0, a1), hn::Add(a2, a3))));
 }
 
+// Bf16 decode's vector arithmetic at GQA 4 over rows of K and V (bf16 pairs in 32-bit words),
+// with none of its dependencies: per vector of each row, the widening split into even and odd
+// dims (a shift, a mask) and an FMA of each half with four queries held in registers; per pair
+// of K and V vectors, four adds standing in for the scores' sums and the softmax (AVX-512 at
+// head dim 128: 96 vector ops per key, as the row kernel counts them). `passes` times over the
+// rows. What the decode kernel could read per second if its loads overlapped its arithmetic
+// perfectly.
+float DecodeArithmeticSumImpl(const uint32_t* HWY_RESTRICT k, const uint32_t* HWY_RESTRICT v,
+                              size_t words, size_t passes) {
+  const hn::ScalableTag<float> d;
+  const hn::RebindToUnsigned<decltype(d)> du;
+  const size_t N = hn::Lanes(d);
+  // Sixteen accumulators where there are 32 registers, eight (K and V share them) elsewhere.
+  constexpr size_t kAcc = HWY_TARGET <= HWY_AVX3 ? 16 : 8;
+  constexpr size_t kV = kAcc == 16 ? 8 : 0;  // The first of V's accumulators.
+  const auto mask = hn::Set(du, 0xFFFF0000u);
+  const hn::Vec<decltype(d)> q[4] = {hn::Set(d, 1.0001f), hn::Set(d, 0.9999f), hn::Set(d, 1.0002f),
+                                     hn::Set(d, 0.9998f)};
+  hn::Vec<decltype(d)> acc[kAcc];
+  for (auto& a : acc) a = hn::Zero(d);
+  for (size_t pass = 0; pass < passes; ++pass) {
+    for (size_t i = 0; i + N <= words; i += N) {
+      const auto kw = hn::LoadU(du, k + i), vw = hn::LoadU(du, v + i);
+      const auto klo = hn::BitCast(d, hn::ShiftLeft<16>(kw)),
+                 khi = hn::BitCast(d, hn::And(kw, mask));
+      const auto vlo = hn::BitCast(d, hn::ShiftLeft<16>(vw)),
+                 vhi = hn::BitCast(d, hn::And(vw, mask));
+      for (size_t j = 0; j < 4; ++j) {
+        acc[j] = hn::MulAdd(q[j], klo, acc[j]);
+        acc[4 + j] = hn::MulAdd(q[j], khi, acc[4 + j]);
+        acc[kV + j] = hn::MulAdd(q[j], vlo, acc[kV + j]);
+        acc[kV + 4 + j] = hn::MulAdd(q[j], vhi, acc[kV + 4 + j]);
+      }
+      for (size_t j = 0; j < 4; ++j) acc[j] = hn::Add(acc[j], klo);
+    }
+  }
+  auto sum = acc[0];
+  for (size_t j = 1; j < kAcc; ++j) sum = hn::Add(sum, acc[j]);
+  return hn::GetLane(hn::SumOfLanes(d, sum));
+}
+
 double FmaChainsImpl(int64_t iterations, float seed) {
   const hn::ScalableTag<float> d;
   // Twelve independent chains hide the FMA latency on every x86 core we target (Zen 5 needs 8:
@@ -113,12 +154,16 @@ HWY_AFTER_NAMESPACE();
 namespace pagedkv::bench {
 HWY_EXPORT(StreamSumImpl);
 HWY_EXPORT(PageSumImpl);
+HWY_EXPORT(DecodeArithmeticSumImpl);
 HWY_EXPORT(FmaChainsImpl);
 HWY_EXPORT(Bf16DotChainsImpl);
 
 float StreamSum(const float* data, size_t n) { return HWY_DYNAMIC_DISPATCH(StreamSumImpl)(data, n); }
 float PageSum(const float* base, const int32_t* order, size_t num_pages, size_t page_floats) {
   return HWY_DYNAMIC_DISPATCH(PageSumImpl)(base, order, num_pages, page_floats);
+}
+float DecodeArithmeticSum(const uint32_t* k, const uint32_t* v, size_t words, size_t passes) {
+  return HWY_DYNAMIC_DISPATCH(DecodeArithmeticSumImpl)(k, v, words, passes);
 }
 double FmaChains(int64_t iterations, float seed) {
   return HWY_DYNAMIC_DISPATCH(FmaChainsImpl)(iterations, seed);

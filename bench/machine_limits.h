@@ -13,6 +13,9 @@ float StreamSum(const float* data, size_t n);
 // Sum of num_pages pages of page_floats floats at base, in the order given (page indices), with
 // the next page prefetched while one is read.
 float PageSum(const float* base, const int32_t* order, size_t num_pages, size_t page_floats);
+// Bf16 decode's vector arithmetic (GQA 4) over `words` 32-bit words (bf16 pairs) of K at k and
+// of V at v, `passes` times, without the kernel's dependencies between its parts.
+float DecodeArithmeticSum(const uint32_t* k, const uint32_t* v, size_t words, size_t passes);
 // Runs `iterations` rounds of independent fused multiply-adds and returns the FLOPs done
 // (2 per lane per FMA).
 double FmaChains(int64_t iterations, float seed);
