@@ -467,9 +467,10 @@ BENCHMARK(BM_StreamRead)
 
 // Bf16 decode's arithmetic (GQA 4: 96 vector ops per key and KV head on AVX-512) over K and V
 // rows streamed from buffers of `bytes` in all, without the kernel's dependencies: the bytes/s
-// the decode rows could reach if their loads overlapped their arithmetic perfectly. 32 KiB sits
-// in L1 (read again and again: the arithmetic alone), 8 MiB in L3 as BM_DecodePaged's 1 x 2,048,
-// 256 MiB in DRAM as its 32 x 2,048. Compare with BM_StreamRead of the same size and threads.
+// the decode rows could reach if their loads overlapped their arithmetic perfectly (with no
+// software prefetch: from DRAM the kernel can read more). 32 KiB sits in L1 (read again and
+// again: the arithmetic alone), 8 MiB in L3 as BM_DecodePaged's 1 x 2,048, 256 MiB in DRAM as its
+// 32 x 2,048. Compare with BM_StreamRead of the same size and threads.
 void BM_DecodeArithmeticRead(benchmark::State& state) {
   const size_t bytes = static_cast<size_t>(state.range(0));
   const int threads = static_cast<int>(state.range(1));

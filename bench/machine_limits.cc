@@ -59,7 +59,8 @@ float PageSumImpl(const float* HWY_RESTRICT base, const int32_t* HWY_RESTRICT or
 // of K and V vectors, four adds standing in for the scores' sums and the softmax (AVX-512 at
 // head dim 128: 96 vector ops per key, as the row kernel counts them). `passes` times over the
 // rows. What the decode kernel could read per second if its loads overlapped its arithmetic
-// perfectly.
+// perfectly, with the hardware prefetcher alone: from DRAM the kernel, which also fetches in
+// software, can read more.
 float DecodeArithmeticSumImpl(const uint32_t* HWY_RESTRICT k, const uint32_t* HWY_RESTRICT v,
                               size_t words, size_t passes) {
   const hn::ScalableTag<float> d;
