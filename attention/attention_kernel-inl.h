@@ -512,10 +512,10 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
   // with the arithmetic through the step, where fetching V with K asked for twice the bytes per
   // key during the scores and none during the values. Decode on Emerald Rapids, one thread,
   // calls of the two alternated in one process, against fetching V with K: in L3 (context
-  // 2,048), GQA 4 bf16 0.78-0.89x the time, f32 0.91-0.95x, f16 0.85-0.87x, GQA 1, 2 and 8
-  // 0.85-0.95x; for 128 MiB 0.90-0.92x paged, 0.99x contiguous; in L2 0.87-1.0x. AVX2 forced:
-  // f32 paged 0.86-0.90x but contiguous 1.02-1.03x; not where a pass of the value loop reads
-  // half a line of each row (16-bit pages in groups of four), which took 1.0-1.2x.
+  // 2,048), GQA 4 bf16 0.78-0.89x the time, f32 0.91-0.95x, f16 0.85-0.88x, GQA 1, 2 and 8
+  // 0.84-0.97x; for 128 MiB 0.90-0.92x paged, 0.93-0.99x contiguous; in L2 0.87-1.0x. AVX2
+  // forced: f32 paged 0.86-0.90x but contiguous 1.02-1.08x; not where a pass of the value loop
+  // reads half a line of each row (16-bit pages in groups of four), which took 1.0-1.2x.
   const size_t pass_bytes = (NQ4 > 0 && HWY_TARGET > HWY_AVX3 ? 2 : 4) * N * sizeof(T);
   const bool values_fetch_v = pass_bytes >= 64;
   // Calls part(b, p0, p1, tb) for the rows [t0, t1) of a step in order: rows [p0, p1) of the
