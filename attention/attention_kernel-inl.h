@@ -336,7 +336,9 @@ HWY_INLINE void Scores1(const float* HWY_RESTRICT q, const T* HWY_RESTRICT keys,
   const DF df;
   const size_t N = hn::Lanes(df);
   for (size_t t = 0; t < n_keys; ++t) {
-    if (lead_k != nullptr) PrefetchRows(lead_k + t * D, lead_v + t * D, D * sizeof(T));
+    if (lead_k != nullptr) {
+      PrefetchRows(lead_k + t * D, BytesAhead(lead_v, t * D * sizeof(T)), D * sizeof(T));
+    }
     const T* HWY_RESTRICT k = keys + t * D;
     auto a0 = hn::Zero(df), a1 = hn::Zero(df);
     size_t c = 0;
