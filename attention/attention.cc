@@ -96,7 +96,9 @@ bool KnownBf16Products(Bf16Products p) {
 absl::Status Validate(const PagedKvView& view, int32_t layer, int32_t num_q_heads,
                       absl::Span<const int32_t> q_offsets, absl::Span<const float> q,
                       absl::Span<float> out, const AttentionOptions& options) {
-  if (view.arena == nullptr) return Invalid("attention: the view has no K/V storage");
+  if (absl::Status s = CheckView(view); !s.ok()) {
+    return Invalid("attention: ", s.message());
+  }
   if (layer < 0 || layer >= view.num_layers) {
     return Invalid("attention: layer ", layer, " out of range [0, ", view.num_layers, ")");
   }

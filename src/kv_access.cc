@@ -162,6 +162,7 @@ absl::StatusOr<PagedKvView> PagedKvCache::MakeView(absl::Span<const SeqId> seqs,
   const CacheConfig& config = pool_->config();
   PagedKvView view;
   view.arena = pool_->arena();
+  view.num_blocks = pool_->num_blocks();
   view.row_stride_bytes = int64_t{config.head_dim} * DTypeSize(config.dtype);
   const int64_t page = pool_->page_bytes();
   if (config.ResolvedPageLayout() == PageLayout::kHeadMajor) {
@@ -172,6 +173,7 @@ absl::StatusOr<PagedKvView> PagedKvCache::MakeView(absl::Span<const SeqId> seqs,
     view.block_stride_bytes = page * config.num_kv_heads;
   }
   view.pool_stride_bytes = page * config.num_kv_heads * pool_->num_blocks();
+  view.arena_bytes = 2 * int64_t{config.num_layers} * view.pool_stride_bytes;
   view.num_layers = config.num_layers;
   view.num_kv_heads = config.num_kv_heads;
   view.head_dim = config.head_dim;

@@ -428,5 +428,90 @@ TEST(AttentionTest, BadInputIsRejectedAndNothingIsWritten) {
   EXPECT_TRUE(DecodeAttention(view, 0, hq, q, absl::MakeSpan(out)).ok());
 }
 
+// A view is a plain struct that a caller may fill in by hand (over memory of its own): each
+// field that would send the kernels out of bounds, or divide by zero, is refused by name.
+TEST(AttentionTest, BrokenViewsAreRejectedAndNothingIsWritten) {
+  CacheConfig config = test::SmallConfig(4, 16, DType::kBF16);
+  auto cache = test::MakeCache(config);
+  std::vector<SeqId> seqs;
+  for (int64_t length : {7, 9}) {
+    seqs.push_back(cache->CreateSequence()->id);
+    ASSERT_TRUE(test::ReserveAndWrite(*cache, seqs.back(), length).ok());
+  }
+  PagedKvViewStorage storage;
+  const PagedKvView good = *cache->MakeView(seqs, &storage);
+  ASSERT_TRUE(CheckView(good).ok()) << CheckView(good);
+  EXPECT_EQ(good.num_blocks, config.num_blocks);
+  EXPECT_EQ(good.arena_bytes, config.num_blocks * config.BlockBytes());
+  const int32_t hq = 4;
+  std::vector<float> q(static_cast<size_t>(2 * hq * config.head_dim), 0.5f);
+  std::vector<float> out(q.size(), -3.0f);
+  // Applies `edit` to a copy of the good view (and of its tables) and expects the call refused.
+  const auto expect_refused = [&](absl::string_view needle, const auto& edit) {
+    PagedKvView view = good;
+    std::vector<int32_t> offsets = storage.block_offsets;
+    std::vector<BlockId> ids = storage.block_ids;
+    std::vector<int64_t> lens = storage.seq_lens;
+    view.block_offsets = offsets.data();
+    view.block_ids = ids.data();
+    view.seq_lens = lens.data();
+    edit(view, offsets, ids, lens);
+    SCOPED_TRACE(needle);
+    const absl::Status check = CheckView(view);
+    EXPECT_EQ(check.code(), absl::StatusCode::kInvalidArgument) << check;
+    EXPECT_NE(check.message().find(needle), absl::string_view::npos) << check;
+    const absl::Status s = DecodeAttention(view, 0, hq, q, absl::MakeSpan(out));
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << s;
+    EXPECT_NE(s.message().find(needle), absl::string_view::npos) << s;
+    EXPECT_TRUE(std::all_of(out.begin(), out.end(), [](float x) { return x == -3.0f; }));
+  };
+  using Offsets = std::vector<int32_t>;
+  using Ids = std::vector<BlockId>;
+  using Lens = std::vector<int64_t>;
+  expect_refused("arena is null", [](PagedKvView& v, Offsets&, Ids&, Lens&) { v.arena = nullptr; });
+  expect_refused("num_kv_heads 0",
+                 [](PagedKvView& v, Offsets&, Ids&, Lens&) { v.num_kv_heads = 0; });
+  expect_refused("block_size 0", [](PagedKvView& v, Offsets&, Ids&, Lens&) { v.block_size = 0; });
+  expect_refused("head_dim -8", [](PagedKvView& v, Offsets&, Ids&, Lens&) { v.head_dim = -8; });
+  expect_refused("unknown dtype 9",
+                 [](PagedKvView& v, Offsets&, Ids&, Lens&) { v.dtype = static_cast<DType>(9); });
+  expect_refused("row_stride_bytes 18 is not head_dim 8 * 2",
+                 [](PagedKvView& v, Offsets&, Ids&, Lens&) { v.row_stride_bytes += 2; });
+  expect_refused("strides (pool", [](PagedKvView& v, Offsets&, Ids&, Lens&) {
+    v.block_stride_bytes = -v.block_stride_bytes;
+  });
+  expect_refused("strides (pool", [](PagedKvView& v, Offsets&, Ids&, Lens&) { v.arena += 1; });
+  expect_refused("into an arena of arena_bytes",
+                 [](PagedKvView& v, Offsets&, Ids&, Lens&) { v.arena_bytes -= 1; });
+  expect_refused("into an arena of arena_bytes",
+                 [](PagedKvView& v, Offsets&, Ids&, Lens&) { v.num_blocks += 1; });
+  expect_refused("more than 2^63", [](PagedKvView& v, Offsets&, Ids&, Lens&) {
+    v.head_stride_bytes = std::numeric_limits<int64_t>::max() / 2 * 2;
+  });
+  expect_refused("names block 16 at table entry 1",
+                 [](PagedKvView&, Offsets&, Ids& ids, Lens&) { ids[1] = 16; });
+  expect_refused("sequence 1 names block -1", [](PagedKvView&, Offsets& o, Ids& ids, Lens&) {
+    ids[static_cast<size_t>(o[1])] = -1;
+  });
+  // Sequence 1's 9 positions need 3 pages of 4; a length of 13 needs a 4th its table lacks.
+  expect_refused("sequence 1 has length 13",
+                 [](PagedKvView&, Offsets&, Ids&, Lens& lens) { lens[1] = 13; });
+  expect_refused("sequence 0 has length -1",
+                 [](PagedKvView&, Offsets&, Ids&, Lens& lens) { lens[0] = -1; });
+  expect_refused("block_offsets or seq_lens is null",
+                 [](PagedKvView& v, Offsets&, Ids&, Lens&) { v.block_offsets = nullptr; });
+  expect_refused("block_ids is null",
+                 [](PagedKvView& v, Offsets&, Ids&, Lens&) { v.block_ids = nullptr; });
+  // The tables may name more pages than the lengths cover (reserved ahead); those are not read.
+  PagedKvView reserved = good;
+  std::vector<BlockId> ids = storage.block_ids;
+  std::vector<int64_t> lens = {4, 9};  // Sequence 0's second page is no longer read.
+  ids[1] = std::numeric_limits<BlockId>::max();
+  reserved.block_ids = ids.data();
+  reserved.seq_lens = lens.data();
+  EXPECT_TRUE(CheckView(reserved).ok()) << CheckView(reserved);
+  EXPECT_TRUE(DecodeAttention(reserved, 0, hq, q, absl::MakeSpan(out)).ok());
+}
+
 }  // namespace
 }  // namespace pagedkv

@@ -7,6 +7,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "pagedkv/config.h"
 
 namespace pagedkv {
@@ -30,6 +31,7 @@ namespace pagedkv {
 // until the cache changes any of the viewed sequences or the storage is reused.
 struct PagedKvView {
   const std::byte* arena = nullptr;
+  int64_t arena_bytes = 0;         // Every page lies in [arena, arena + arena_bytes).
   int64_t pool_stride_bytes = 0;   // Between consecutive pools.
   int64_t head_stride_bytes = 0;   // Between kv heads of one block (kHeadMajor: num_blocks pages).
   int64_t block_stride_bytes = 0;  // Between blocks of one head (kHeadMajor: one page).
@@ -38,6 +40,7 @@ struct PagedKvView {
   int32_t num_kv_heads = 0;
   int32_t head_dim = 0;
   int32_t block_size = 0;
+  int32_t num_blocks = 0;  // Blocks per pool: block ids are in [0, num_blocks).
   DType dtype = DType::kF32;
 
   int32_t num_seqs = 0;
@@ -55,6 +58,15 @@ struct PagedKvView {
 };
 
 static_assert(std::is_trivially_copyable_v<PagedKvView>);
+
+// OK when every page and row the view names can be read: positive dimensions, a known dtype,
+// rows of head_dim elements packed at row_stride_bytes, every page of every pool within
+// arena_bytes, and for each viewed sequence a length >= 0 and a block table that covers it with
+// ids in [0, num_blocks). Otherwise kInvalidArgument naming the first field (and sequence) that
+// is wrong, with its value. The attention kernels check every view with it, so a view built by
+// hand is refused instead of read out of bounds; PagedKvCache::MakeView's always pass.
+// O(num_seqs + the table entries that cover the lengths).
+absl::Status CheckView(const PagedKvView& view);
 
 // Owns the table arrays a PagedKvView points into; reuse it across steps to avoid allocation.
 struct PagedKvViewStorage {

@@ -119,16 +119,39 @@ void Run(FuzzedDataProvider& in) {
     std::vector<float> bad_q = q;
     int32_t heads = num_q_heads;
     AttentionOptions bad_options = options;
-    if (broken == 1) bad_offsets.back() += 1;               // q too short for the offsets.
-    if (broken == 2) heads = num_q_heads + 1;               // Not a multiple of the KV heads.
+    // The view as a caller might fill it in by hand, over copies of the tables.
+    PagedKvView bad_view = *view;
+    std::vector<BlockId> bad_ids = storage.block_ids;
+    std::vector<int64_t> bad_lens = storage.seq_lens;
+    bad_view.block_ids = bad_ids.data();
+    bad_view.seq_lens = bad_lens.data();
+    if (broken == 1) bad_offsets.back() += 1;  // q too short for the offsets.
+    if (broken == 2) {
+      // Query heads not a multiple of the KV heads, or a sequence whose table names a block out
+      // of range or is too short for its length.
+      const int which = in.ConsumeIntegralInRange<int>(0, 2);
+      const size_t s = in.ConsumeIntegralInRange<size_t>(0, ids.size() - 1);
+      const int64_t bs = config.block_size;
+      const int64_t pages = (bad_lens[s] + bs - 1) / bs;
+      if (which == 0) heads = num_q_heads + 1;
+      if (which == 1) {
+        const int32_t at = storage.block_offsets[s] +
+                           in.ConsumeIntegralInRange<int32_t>(0, static_cast<int32_t>(pages - 1));
+        const auto past = in.ConsumeIntegralInRange<int32_t>(0, 1000);
+        bad_ids[static_cast<size_t>(at)] = in.ConsumeBool() ? -1 - past : config.num_blocks + past;
+      }
+      if (which == 2) {
+        bad_lens[s] = int64_t{storage.block_offsets[s + 1] - storage.block_offsets[s]} * bs + 1;
+      }
+    }
     if (broken == 3) bad_options.sliding_window = -1;       // A bad option.
     if (broken == 4) {                                      // More queries than positions.
       bad_offsets.back() += 200;
       bad_q.resize(static_cast<size_t>(bad_offsets.back()) * heads * config.head_dim);
     }
     if (broken == 5) bad_options.soft_cap = kInfinity;  // NaN logits if taken.
-    const absl::Status st = ExtendAttention(*view, 0, heads, bad_offsets, bad_q,
-                                            absl::MakeSpan(out), bad_options);
+    const absl::Status st =
+        ExtendAttention(bad_view, 0, heads, bad_offsets, bad_q, absl::MakeSpan(out), bad_options);
     if (st.code() != absl::StatusCode::kInvalidArgument) Die("bad input not refused:", st);
     if (!std::all_of(out.begin(), out.end(), [](float x) { return x == kUntouched; })) {
       Die("a refused call wrote its output");
