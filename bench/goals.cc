@@ -92,22 +92,19 @@ void GoalsReporter::PrintGoals() const {
     return it == r.counters.end() ? 0.0 : it->second;
   };
 
-  const Result* pool = Find("BM_PoolAllocFree");
-  const Result* mimalloc = Find("BM_MimallocAllocFree");
-  if (pool != nullptr && mimalloc != nullptr) {
-    const double r = pool->seconds / mimalloc->seconds;
-    line(absl::StrCat("pool / mimalloc, one block: ", Time(pool->seconds), " / ",
-                      Time(mimalloc->seconds)),
-         r, "<= 0.5", r <= 0.5);
-  }
-  const Result* fork = Find("BM_ForkPaged/4096");
-  const Result* clone = Find("BM_CloneContiguous/4096");
-  if (fork != nullptr && clone != nullptr) {
-    const double r = clone->seconds / fork->seconds;
-    line(absl::StrCat("contiguous clone / paged fork, 4,096 tokens: ", Time(clone->seconds), " / ",
-                      Time(fork->seconds)),
-         r, ">= 10000", r >= 1e4);
-  }
+  // The time of benchmark a over that of b.
+  const auto time_ratio = [&](const std::string& what, const char* a, const char* b,
+                              const std::string& goal, bool (*met)(double)) {
+    const Result* x = Find(a);
+    const Result* y = Find(b);
+    if (x == nullptr || y == nullptr) return;
+    const double r = x->seconds / y->seconds;
+    line(absl::StrCat(what, ": ", Time(x->seconds), " / ", Time(y->seconds)), r, goal, met(r));
+  };
+  time_ratio("pool / mimalloc, one block", "BM_PoolAllocFree", "BM_MimallocAllocFree", "<= 0.5",
+             [](double r) { return r <= 0.5; });
+  time_ratio("contiguous clone / paged fork, 4,096 tokens", "BM_CloneContiguous/4096",
+             "BM_ForkPaged/4096", ">= 10000", [](double r) { return r >= 1e4; });
   if (const Result* step = Find("BM_DecodeStep/1024"); step != nullptr) {
     const double ns = counter(*step, "ns_per_seq") * 1e9;
     line("decode step, 1,024 sequences: ns per sequence", ns, "<= 20", ns <= 20);
