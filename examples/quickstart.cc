@@ -1,4 +1,5 @@
-// Creates a cache, writes a prompt's K/V, forks it for two samples, and prints the stats.
+// Creates a cache, writes a prompt's K/V, forks it for two samples, decodes a token of each with
+// attention through the block tables, and prints the stats.
 #include <cstdio>
 #include <vector>
 
@@ -40,6 +41,24 @@ int main() {
   for (pagedkv::SeqId id : {seq->id, *child}) {
     if (auto s = kv.Reserve(id, 1); !s.ok()) return 1;  // Copies the shared tail block only.
   }
+
+  // Decode: each sequence's new token (position 40) gets its K/V, then attention reads all 41
+  // positions of both through one view, 4 query heads over the 2 KV heads (GQA), for layer 0.
+  const std::vector<float> k1(config.num_kv_heads * config.head_dim, 0.5f), v1(k1);
+  for (pagedkv::SeqId id : {seq->id, *child}) {
+    for (int layer = 0; layer < config.num_layers; ++layer) {
+      if (auto s = kv.WriteKv(id, layer, 40, k1, v1); !s.ok()) return 1;
+    }
+  }
+  pagedkv::PagedKvViewStorage storage;
+  auto view = kv.MakeView({seq->id, *child}, &storage);
+  if (!view.ok()) return 1;
+  std::vector<float> q(2 * 4 * config.head_dim, 0.1f), out(q.size());
+  if (auto s = pagedkv::DecodeAttention(*view, /*layer=*/0, 4, q, absl::MakeSpan(out)); !s.ok()) {
+    std::fprintf(stderr, "attention: %s\n", s.ToString().c_str());
+    return 1;
+  }
+  std::printf("attention output of sequence 0, head 0, dim 0: %.4f\n", out[0]);
 
   // The same prompt again: its two full blocks come from the prefix cache.
   auto again = kv.CreateSequence(prompt);

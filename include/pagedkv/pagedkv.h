@@ -2,6 +2,7 @@
 #ifndef PAGEDKV_PAGEDKV_H_
 #define PAGEDKV_PAGEDKV_H_
 
+#include "pagedkv/attention.h"       // IWYU pragma: export
 #include "pagedkv/block_pool.h"      // IWYU pragma: export
 #include "pagedkv/config.h"          // IWYU pragma: export
 #include "pagedkv/dtype.h"           // IWYU pragma: export
