@@ -49,7 +49,7 @@ absl::Status CacheConfig::Validate() const {
   if (block_size < 1 || block_size > kMaxDim) {
     return OutOfRange("block_size", block_size, "want 1..65536");
   }
-  if (dtype != DType::kF32 && dtype != DType::kBF16 && dtype != DType::kF16) {
+  if (!IsKnownDType(dtype)) {
     return OutOfRange("dtype", static_cast<int>(dtype), "want kF32, kBF16 or kF16");
   }
   if (page_layout != PageLayout::kAuto && page_layout != PageLayout::kHeadMajor &&

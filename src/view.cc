@@ -16,10 +16,6 @@ absl::Status Bad(auto&&... parts) {
   return absl::InvalidArgumentError(absl::StrCat("view: ", parts...));
 }
 
-bool KnownDType(DType dtype) {
-  return dtype == DType::kF32 || dtype == DType::kBF16 || dtype == DType::kF16;
-}
-
 }  // namespace
 
 absl::Status CheckView(const PagedKvView& view) {
@@ -31,7 +27,7 @@ absl::Status CheckView(const PagedKvView& view) {
                view.num_blocks, ", num_seqs ", view.num_seqs,
                "; want >= 1 each (num_blocks, num_seqs >= 0)");
   }
-  if (!KnownDType(view.dtype)) return Bad("unknown dtype ", static_cast<int>(view.dtype));
+  if (!IsKnownDType(view.dtype)) return Bad("unknown dtype ", static_cast<int>(view.dtype));
   const int64_t elem = DTypeSize(view.dtype);
   // The kernels read a page's rows as one run of block_size * head_dim elements.
   if (view.row_stride_bytes != view.head_dim * elem) {

@@ -16,6 +16,10 @@ enum class DType : uint8_t {
   kF16 = 2,
 };
 
+// Whether `dtype` is one of the enumerators (a value cast from an integer may not be).
+constexpr bool IsKnownDType(DType dtype) {
+  return dtype == DType::kF32 || dtype == DType::kBF16 || dtype == DType::kF16;
+}
 // Bytes per element of `dtype`.
 constexpr int DTypeSize(DType dtype) { return dtype == DType::kF32 ? 4 : 2; }
 absl::string_view DTypeName(DType dtype);
