@@ -25,12 +25,6 @@ uint64_t DefaultBlockHash(uint64_t parent_key, absl::Span<const int32_t> tokens,
   return absl::HashOf(parent_key, salt, tokens);
 }
 
-constexpr int kSlotBits = 32;
-
-SeqId MakeId(uint32_t slot, uint32_t generation) {
-  return static_cast<SeqId>((uint64_t{generation} << kSlotBits) | slot);
-}
-
 int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 }  // namespace
@@ -44,23 +38,11 @@ absl::StatusOr<std::unique_ptr<PagedKvCache>> PagedKvCache::Create(const CacheCo
 PagedKvCache::PagedKvCache(std::unique_ptr<BlockPool> pool)
     : pool_(std::move(pool)),
       block_size_(pool_->config().block_size),
+      max_seq_len_(pool_->config().max_seq_len),
       prefix_caching_(pool_->config().enable_prefix_caching),
       block_hash_(&DefaultBlockHash) {}
 
 PagedKvCache::~PagedKvCache() = default;
-
-PagedKvCache::Sequence* PagedKvCache::Find(SeqId seq) {
-  return const_cast<Sequence*>(std::as_const(*this).Find(seq));
-}
-
-const PagedKvCache::Sequence* PagedKvCache::Find(SeqId seq) const {
-  if (seq < 0) return nullptr;
-  const uint64_t slot = static_cast<uint64_t>(seq) & 0xffffffffu;
-  const uint64_t generation = static_cast<uint64_t>(seq) >> kSlotBits;
-  if (slot >= slots_.size()) return nullptr;
-  const Sequence& s = slots_[slot];
-  return s.live && s.generation == generation ? &s : nullptr;
-}
 
 absl::StatusOr<PagedKvCache::Sequence*> PagedKvCache::Get(SeqId seq) {
   if (Sequence* s = Find(seq)) return s;
@@ -144,10 +126,22 @@ absl::Status PagedKvCache::NotEnoughBlocks(int64_t needed, absl::string_view wha
       pool_->num_evictable(), " evictable)"));
 }
 
-absl::StatusOr<int64_t> PagedKvCache::PlanReserve(SeqId id, const Sequence& seq,
-                                                  int64_t num_tokens,
-                                                  absl::Span<const int32_t> tokens) const {
-  const CacheConfig& config = pool_->config();
+inline int64_t PagedKvCache::PlanReserve(const Sequence& seq, int64_t num_tokens,
+                                         absl::Span<const int32_t> tokens) const {
+  if (num_tokens < 0 || (!tokens.empty() && static_cast<int64_t>(tokens.size()) != num_tokens) ||
+      num_tokens > max_seq_len_ - seq.length) {
+    return -1;
+  }
+  // Divisions only when the tail block cannot take every new token.
+  const int64_t room = Capacity(seq) - seq.length;
+  const int64_t new_blocks = num_tokens <= room ? 0 : CeilDiv(num_tokens - room, block_size_);
+  const bool copy_tail =
+      num_tokens > 0 && seq.tail_needs_check && room > 0 && pool_->ref_count(seq.blocks.back()) > 1;
+  return new_blocks + (copy_tail ? 1 : 0);
+}
+
+absl::Status PagedKvCache::ReserveError(SeqId id, const Sequence& seq, int64_t num_tokens,
+                                        absl::Span<const int32_t> tokens) const {
   if (num_tokens < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("cannot reserve ", num_tokens, " tokens for sequence ", id));
@@ -157,19 +151,9 @@ absl::StatusOr<int64_t> PagedKvCache::PlanReserve(SeqId id, const Sequence& seq,
                                                    " tokens for sequence ", id, " with ",
                                                    tokens.size(), " token ids"));
   }
-  if (num_tokens > config.max_seq_len - seq.length) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "sequence ", id, " of length ", seq.length, " cannot grow by ", num_tokens,
-        " tokens past max_seq_len ", config.max_seq_len));
-  }
-  if (num_tokens == 0) return 0;
-  // Divisions only when the tail block cannot take every new token.
-  const int64_t room = Capacity(seq) - seq.length;
-  const int64_t new_blocks =
-      num_tokens <= room ? 0 : CeilDiv(num_tokens - room, block_size_);
-  const bool copy_tail =
-      seq.tail_needs_check && room > 0 && pool_->ref_count(seq.blocks.back()) > 1;
-  return new_blocks + (copy_tail ? 1 : 0);
+  return absl::InvalidArgumentError(absl::StrCat("sequence ", id, " of length ", seq.length,
+                                                 " cannot grow by ", num_tokens,
+                                                 " tokens past max_seq_len ", max_seq_len_));
 }
 
 void PagedKvCache::AllocateBlocks(absl::Span<Sequence* const> seqs, std::vector<BlockId>* out) {
@@ -187,9 +171,9 @@ void PagedKvCache::AllocateBlocks(absl::Span<Sequence* const> seqs, std::vector<
   }
 }
 
-void PagedKvCache::CommitReserve(Sequence& seq, int64_t num_tokens,
-                                 absl::Span<const int32_t> tokens,
-                                 absl::Span<const BlockId>& fresh) {
+void PagedKvCache::CommitReserveSlow(Sequence& seq, int64_t num_tokens,
+                                     absl::Span<const int32_t> tokens,
+                                     absl::Span<const BlockId>& fresh) {
   const auto take = [&fresh] {
     const BlockId b = fresh.front();
     fresh.remove_prefix(1);
@@ -289,10 +273,11 @@ absl::Status PagedKvCache::ReserveBatch(absl::Span<const ReserveRequest> request
 }
 
 absl::Status PagedKvCache::PlanBatch(absl::Span<const ReserveRequest> requests, bool shared,
-                                     std::vector<Sequence*>* seqs, int64_t* needed) {
+                                     BatchPlan* plan) {
   const uint64_t stamp = batch_counter_.fetch_add(1, std::memory_order_relaxed) + 1;
-  *needed = 0;
-  seqs->clear();
+  plan->seqs.clear();
+  plan->growing.clear();
+  plan->needed = 0;
   for (const ReserveRequest& r : requests) {
     Sequence* s = Find(r.seq);
     if (s == nullptr) {
@@ -308,11 +293,12 @@ absl::Status PagedKvCache::PlanBatch(absl::Span<const ReserveRequest> requests, 
           absl::StrCat("sequence ", r.seq, " appears more than once in one ReserveBatch"));
     }
     s->batch_stamp = stamp;
-    absl::StatusOr<int64_t> blocks = PlanReserve(r.seq, *s, r.num_tokens, r.tokens);
-    if (!blocks.ok()) return blocks.status();
-    s->planned_blocks = *blocks;
-    *needed += *blocks;
-    seqs->push_back(s);
+    const int64_t blocks = PlanReserve(*s, r.num_tokens, r.tokens);
+    if (blocks < 0) return ReserveError(r.seq, *s, r.num_tokens, r.tokens);
+    s->planned_blocks = blocks;
+    plan->needed += blocks;
+    plan->seqs.push_back(s);
+    if (blocks > 0) plan->growing.push_back(s);
   }
   return absl::OkStatus();
 }
@@ -329,36 +315,35 @@ absl::Status PagedKvCache::NotEnoughBlocksForBatch(absl::Span<const ReserveReque
 std::optional<absl::Status> PagedKvCache::ReserveBatchShared(
     absl::Span<const ReserveRequest> requests) {
   std::shared_lock lock(mu_);
-  thread_local std::vector<Sequence*> seqs;
-  thread_local std::vector<BlockId> fresh;
-  int64_t needed = 0;
-  if (absl::Status s = PlanBatch(requests, /*shared=*/true, &seqs, &needed); !s.ok()) {
+  thread_local BatchPlan plan;
+  if (absl::Status s = PlanBatch(requests, /*shared=*/true, &plan); !s.ok()) {
     if (absl::IsAborted(s)) return std::nullopt;
     return s;
   }
   {
     std::lock_guard pool_lock(pool_mu_);
-    if (needed > pool_->num_available()) return NotEnoughBlocksForBatch(requests, needed);
-    AllocateBlocks(seqs, &fresh);
+    if (plan.needed > pool_->num_available()) {
+      return NotEnoughBlocksForBatch(requests, plan.needed);
+    }
+    AllocateBlocks(plan.growing, &plan.fresh);
   }
-  absl::Span<const BlockId> blocks(fresh);
+  absl::Span<const BlockId> blocks(plan.fresh);
   for (size_t i = 0; i < requests.size(); ++i) {
-    CommitReserve(*seqs[i], requests[i].num_tokens, requests[i].tokens, blocks);
+    CommitReserve(*plan.seqs[i], requests[i].num_tokens, requests[i].tokens, blocks);
   }
   return absl::OkStatus();
 }
 
 absl::Status PagedKvCache::ReserveBatchLocked(absl::Span<const ReserveRequest> requests) {
-  int64_t needed = 0;
-  if (absl::Status s = PlanBatch(requests, /*shared=*/false, &batch_scratch_, &needed);
-      !s.ok()) {
-    return s;
+  BatchPlan& plan = batch_scratch_;
+  if (absl::Status s = PlanBatch(requests, /*shared=*/false, &plan); !s.ok()) return s;
+  if (plan.needed > pool_->num_available()) {
+    return NotEnoughBlocksForBatch(requests, plan.needed);
   }
-  if (needed > pool_->num_available()) return NotEnoughBlocksForBatch(requests, needed);
-  AllocateBlocks(batch_scratch_, &fresh_scratch_);
-  absl::Span<const BlockId> blocks(fresh_scratch_);
+  AllocateBlocks(plan.growing, &plan.fresh);
+  absl::Span<const BlockId> blocks(plan.fresh);
   for (size_t i = 0; i < requests.size(); ++i) {
-    CommitReserve(*batch_scratch_[i], requests[i].num_tokens, requests[i].tokens, blocks);
+    CommitReserve(*plan.seqs[i], requests[i].num_tokens, requests[i].tokens, blocks);
   }
   // Forks in one batch that share a tail each planned a copy, but the last to commit holds
   // the tail alone by then and keeps it: its copy goes back.

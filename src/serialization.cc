@@ -191,8 +191,8 @@ absl::StatusOr<SeqId> PagedKvCache::Restore(absl::string_view payload) {
   }
   s.planned_blocks = blocks;
   Sequence* const restored = &s;
-  AllocateBlocks(absl::MakeConstSpan(&restored, 1), &fresh_scratch_);
-  absl::Span<const BlockId> fresh(fresh_scratch_);
+  AllocateBlocks(absl::MakeConstSpan(&restored, 1), &batch_scratch_.fresh);
+  absl::Span<const BlockId> fresh(batch_scratch_.fresh);
   CommitReserve(s, length, tokens, fresh);
   if (length > 0 && !has_tokens) s.tokens_known = false;
   const size_t row_bytes = static_cast<size_t>(config.head_dim) * DTypeSize(config.dtype);

@@ -2,8 +2,10 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "test_util.h"
 
@@ -155,15 +157,23 @@ TEST_F(CacheTest, BadCountsAndLengthsAreInvalidAndChangeNothing) {
   const SeqId seq = NewSeq();
   PKV_ASSERT_OK(ReserveAndWrite(*cache_, seq, 6));
   const test::Snapshot before = TakeSnapshot(*cache_);
-  PKV_ASSERT_CODE(cache_->Reserve(seq, -1), absl::StatusCode::kInvalidArgument);
-  absl::Status past = cache_->Reserve(seq, 5).status();
-  EXPECT_EQ(past.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_NE(past.message().find("max_seq_len 10"), absl::string_view::npos) << past;
+  // The message names what was wrong, with the values (PlanReserve checks, ReserveError says).
+  const auto expect_error = [](const absl::Status& status, const std::string& want) {
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+    EXPECT_NE(status.message().find(want), absl::string_view::npos) << status;
+  };
+  expect_error(cache_->Reserve(seq, -1).status(),
+               absl::StrCat("cannot reserve -1 tokens for sequence ", seq));
+  expect_error(cache_->Reserve(seq, 5).status(),
+               absl::StrCat("sequence ", seq,
+                            " of length 6 cannot grow by 5 tokens past "
+                            "max_seq_len 10"));
   PKV_ASSERT_CODE(cache_->Truncate(seq, 7), absl::StatusCode::kInvalidArgument);
   PKV_ASSERT_CODE(cache_->Truncate(seq, -1), absl::StatusCode::kInvalidArgument);
   std::vector<int32_t> two_ids = {1, 2};
   ReserveRequest mismatched{seq, 3, two_ids};
-  PKV_ASSERT_CODE(cache_->ReserveBatch({mismatched}), absl::StatusCode::kInvalidArgument);
+  expect_error(cache_->ReserveBatch({mismatched}),
+               absl::StrCat("reserving 3 tokens for sequence ", seq, " with 2 token ids"));
   PKV_ASSERT_CODE(cache_->ReserveBatch({{seq, 1, {}}, {seq, 1, {}}}),
                   absl::StatusCode::kInvalidArgument);
   PKV_ASSERT_CODE(cache_->CreateSequence(std::vector<int32_t>(11, 1)),

@@ -11,6 +11,7 @@
 #include <optional>
 #include <shared_mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/functional/function_ref.h"
@@ -210,17 +211,33 @@ class PagedKvCache {
   absl::StatusOr<std::vector<int32_t>> TokensLocked(SeqId seq) const;
   std::vector<SeqId> SequenceIdsLocked() const;
 
-  Sequence* Find(SeqId seq);
-  const Sequence* Find(SeqId seq) const;
+  // A SeqId holds a slot of slots_ in its low kSlotBits bits and the slot's generation above.
+  static constexpr int kSlotBits = 32;
+  static SeqId MakeId(uint32_t slot, uint32_t generation) {
+    return static_cast<SeqId>((uint64_t{generation} << kSlotBits) | slot);
+  }
+  // The live sequence `seq` names, or null. Inline: every request of a decode step looks one up.
+  Sequence* Find(SeqId seq) { return const_cast<Sequence*>(std::as_const(*this).Find(seq)); }
+  const Sequence* Find(SeqId seq) const {
+    if (seq < 0) return nullptr;
+    const uint64_t slot = static_cast<uint64_t>(seq) & ((uint64_t{1} << kSlotBits) - 1);
+    const uint64_t generation = static_cast<uint64_t>(seq) >> kSlotBits;
+    if (slot >= slots_.size()) return nullptr;
+    const Sequence& s = slots_[slot];
+    return s.live && s.generation == generation ? &s : nullptr;
+  }
   absl::StatusOr<Sequence*> Get(SeqId seq);
   absl::StatusOr<const Sequence*> Get(SeqId seq) const;
   SeqId NewSlot();
   absl::Status CheckStorage(absl::string_view op) const;
   absl::Status CheckLayer(int32_t layer) const;
 
-  // Validates a reservation; returns the blocks it will take (new ones plus a tail copy).
-  absl::StatusOr<int64_t> PlanReserve(SeqId id, const Sequence& seq, int64_t num_tokens,
-                                      absl::Span<const int32_t> tokens) const;
+  // The blocks a reservation takes (new ones plus a tail copy), or -1 when it is invalid:
+  // ReserveError then says why.
+  int64_t PlanReserve(const Sequence& seq, int64_t num_tokens,
+                      absl::Span<const int32_t> tokens) const;
+  absl::Status ReserveError(SeqId id, const Sequence& seq, int64_t num_tokens,
+                            absl::Span<const int32_t> tokens) const;
   // Slots in seq's blocks: blocks * block_size.
   int64_t Capacity(const Sequence& seq) const {
     return static_cast<int64_t>(seq.blocks.size()) * block_size_;
@@ -230,14 +247,31 @@ class PagedKvCache {
   // (BlockPool::AllocateRun), so that a growing sequence's pages form runs.
   void AllocateBlocks(absl::Span<Sequence* const> seqs, std::vector<BlockId>* out);
   // Carries out a planned reservation, taking its new blocks (tail copy first) from the front
-  // of `fresh`; cannot fail.
+  // of `fresh`; cannot fail. Most of a decode step's reservations only lengthen the sequence:
+  // those are done here, the rest by CommitReserveSlow.
   void CommitReserve(Sequence& seq, int64_t num_tokens, absl::Span<const int32_t> tokens,
-                     absl::Span<const BlockId>& fresh);
-  // Looks up and validates every request of a batch, marking each sequence with this batch's
-  // stamp; *needed gets the blocks the batch takes. With `shared`, kAborted (nothing changed
-  // but stamps) when a request needs the exclusive lock.
-  absl::Status PlanBatch(absl::Span<const ReserveRequest> requests, bool shared,
-                         std::vector<Sequence*>* seqs, int64_t* needed);
+                     absl::Span<const BlockId>& fresh) {
+    if (tokens.empty() && !seq.tail_needs_check && seq.length + num_tokens <= Capacity(seq)) {
+      if (num_tokens > 0) seq.tokens_known = false;
+      seq.length += num_tokens;
+      return;
+    }
+    CommitReserveSlow(seq, num_tokens, tokens, fresh);
+  }
+  void CommitReserveSlow(Sequence& seq, int64_t num_tokens, absl::Span<const int32_t> tokens,
+                         absl::Span<const BlockId>& fresh);
+  // A ReserveBatch's plan: its sequences in request order, those of them that take blocks (in
+  // a decode step, one in block_size), the blocks the batch takes and, once taken, the blocks.
+  struct BatchPlan {
+    std::vector<Sequence*> seqs;
+    std::vector<Sequence*> growing;
+    int64_t needed = 0;
+    std::vector<BlockId> fresh;
+  };
+  // Looks up and validates every request of a batch into *plan, marking each sequence with this
+  // batch's stamp. With `shared`, kAborted (nothing changed but stamps) when a request needs the
+  // exclusive lock.
+  absl::Status PlanBatch(absl::Span<const ReserveRequest> requests, bool shared, BatchPlan* plan);
   absl::Status NotEnoughBlocksForBatch(absl::Span<const ReserveRequest> requests,
                                        int64_t needed) const;
   // The decode-step path under the shared lock: every request touches only its own sequence
@@ -262,11 +296,11 @@ class PagedKvCache {
   std::mutex pool_mu_;
   std::unique_ptr<BlockPool> pool_;
   const int64_t block_size_;
+  const int64_t max_seq_len_;
   const bool prefix_caching_;
   std::vector<Sequence> slots_;
-  // Under the exclusive lock: ReserveBatch's looked-up sequences and new blocks, reused.
-  std::vector<Sequence*> batch_scratch_;
-  std::vector<BlockId> fresh_scratch_;
+  // Under the exclusive lock: ReserveBatch's plan, reused.
+  BatchPlan batch_scratch_;
   std::vector<uint32_t> free_slots_;
   int64_t num_live_ = 0;
   std::atomic<uint64_t> batch_counter_{0};
