@@ -204,6 +204,9 @@ void PagedKvCache::CommitReserveSlow(Sequence& seq, int64_t num_tokens,
   for (; capacity < new_length; capacity += bs) seq.blocks.push_back(take());
   if (tokens.empty()) {
     seq.tokens_known = false;
+  } else if (num_tokens == 1 && seq.tokens_known) {
+    // A decode step's one token: a store, not a copy call.
+    pool_->tokens(seq.blocks[static_cast<size_t>(seq.length / bs)])[seq.length % bs] = tokens[0];
   } else if (seq.tokens_known) {
     for (int64_t i = 0; i < num_tokens;) {
       const int64_t pos = seq.length + i;
@@ -218,8 +221,8 @@ void PagedKvCache::CommitReserveSlow(Sequence& seq, int64_t num_tokens,
 }
 
 void PagedKvCache::RegisterFullBlocks(Sequence& seq) {
-  const int64_t full = seq.length / block_size_;
-  while (seq.chain_open && seq.chain_blocks < full) {
+  // Blocks [chain_blocks, length / block_size) are full and not yet in the index.
+  while (seq.chain_open && (int64_t{seq.chain_blocks} + 1) * block_size_ <= seq.length) {
     const size_t i = static_cast<size_t>(seq.chain_blocks);
     const BlockId b = seq.blocks[i];
     uint64_t parent_key = 0;
