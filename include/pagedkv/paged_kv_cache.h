@@ -261,7 +261,8 @@ class PagedKvCache {
   void CommitReserveSlow(Sequence& seq, int64_t num_tokens, absl::Span<const int32_t> tokens,
                          absl::Span<const BlockId>& fresh);
   // A ReserveBatch's plan: its sequences in request order, those of them that take blocks (in
-  // a decode step, one in block_size), the blocks the batch takes and, once taken, the blocks.
+  // a decode step, about one in block_size), how many blocks they take in all, and, once
+  // AllocateBlocks has taken them from the pool, those blocks.
   struct BatchPlan {
     std::vector<Sequence*> seqs;
     std::vector<Sequence*> growing;
