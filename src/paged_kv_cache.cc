@@ -422,7 +422,7 @@ absl::Status PagedKvCache::FreeLocked(SeqId seq) {
   Sequence& s = **found;
   ReleaseBlocks(s, 0);
   s.live = false;
-  free_slots_.push_back(static_cast<uint32_t>(seq & 0xffffffff));
+  free_slots_.push_back(SlotOf(seq));
   --num_live_;
   return absl::OkStatus();
 }

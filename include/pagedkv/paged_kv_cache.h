@@ -216,11 +216,14 @@ class PagedKvCache {
   static SeqId MakeId(uint32_t slot, uint32_t generation) {
     return static_cast<SeqId>((uint64_t{generation} << kSlotBits) | slot);
   }
+  static uint32_t SlotOf(SeqId seq) {
+    return static_cast<uint32_t>(static_cast<uint64_t>(seq) & ((uint64_t{1} << kSlotBits) - 1));
+  }
   // The live sequence `seq` names, or null. Inline: every request of a decode step looks one up.
   Sequence* Find(SeqId seq) { return const_cast<Sequence*>(std::as_const(*this).Find(seq)); }
   const Sequence* Find(SeqId seq) const {
     if (seq < 0) return nullptr;
-    const uint64_t slot = static_cast<uint64_t>(seq) & ((uint64_t{1} << kSlotBits) - 1);
+    const uint32_t slot = SlotOf(seq);
     const uint64_t generation = static_cast<uint64_t>(seq) >> kSlotBits;
     if (slot >= slots_.size()) return nullptr;
     const Sequence& s = slots_[slot];
