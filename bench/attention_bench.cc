@@ -470,7 +470,9 @@ BENCHMARK(BM_StreamRead)
 // the decode rows could reach if their loads overlapped their arithmetic perfectly (with no
 // software prefetch: from DRAM the kernel can read more). 32 KiB sits in L1 (read again and
 // again: the arithmetic alone), 8 MiB in L3 as BM_DecodePaged's 1 x 2,048, 256 MiB in DRAM as its
-// 32 x 2,048. Compare with BM_StreamRead of the same size and threads.
+// 32 x 2,048. Compare with BM_StreamRead of the same size and threads. The goal lines put each bf16
+// BM_DecodePaged row's ratio between two made from the 32 KiB row (goals.cc): the arithmetic
+// against the stream, and the two taking turns.
 void BM_DecodeArithmeticRead(benchmark::State& state) {
   const size_t bytes = static_cast<size_t>(state.range(0));
   const int threads = static_cast<int>(state.range(1));

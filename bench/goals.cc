@@ -1,5 +1,6 @@
 #include "bench/goals.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <string>
@@ -120,10 +121,23 @@ void GoalsReporter::PrintGoals() const {
         Find(absl::StrCat("BM_StreamRead/bytes:", kv_bytes, "/threads:", threads));
     const double paged_rate = counter(paged, "bytes_per_second");
     if (stream != nullptr) {
-      const double r = paged_rate / counter(*stream, "bytes_per_second");
+      const double stream_rate = counter(*stream, "bytes_per_second");
+      const double r = paged_rate / stream_rate;
       line(absl::StrCat("decode paged ", args, ": ", Rate(paged_rate), " / stream ",
-                        Rate(counter(*stream, "bytes_per_second"))),
+                        Rate(stream_rate)),
            r, ">= 0.90", r >= 0.9);
+      // What bf16 decode's arithmetic allows against that stream, from its rate with K/V in L1
+      // (no memory cost): min(1, arithmetic / stream) if every load overlapped the arithmetic,
+      // arithmetic / (arithmetic + stream) if none did and their times added up.
+      const Result* arithmetic =
+          Find(absl::StrCat("BM_DecodeArithmeticRead/bytes:32768/threads:", threads));
+      if (Arg(args, "dtype") == "1" && arithmetic != nullptr) {
+        const double a = counter(*arithmetic, "bytes_per_second");
+        line(absl::StrCat("  arithmetic alone (K/V in L1: ", Rate(a), "): if loads overlap it"),
+             std::min(1.0, a / stream_rate), "", false);
+        line("  arithmetic alone: if loads and arithmetic take turns", a / (a + stream_rate), "",
+             false);
+      }
     }
     if (const Result* contiguous = Find("BM_DecodeContiguous/" + args); contiguous != nullptr) {
       line(absl::StrCat("decode paged / contiguous time (separate rows) ", args),
