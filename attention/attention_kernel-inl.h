@@ -36,10 +36,10 @@
 
 #include "attention/bf16_dot-inl.h"
 #include "attention/kernel_args.h"
+#include "attention/softmax_exp-inl.h"
 #include "attention/widen-inl.h"
 #include "attention/work_item-inl.h"
 #include "hwy/cache_control.h"
-#include "hwy/contrib/math/math-inl.h"
 #include "hwy/highway.h"
 #include "pagedkv/dtype.h"
 
@@ -634,7 +634,7 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
         auto vsum = hn::Zero(df);
         for (size_t t = 0; t < n_pad; t += N) {
           const auto x = hn::LoadU(df, row + t);
-          const auto p = hn::IfThenElseZero(hn::Lt(neg_inf, x), hn::Exp(df, hn::Sub(x, vnew)));
+          const auto p = ExpBelowMax(df, x, vnew);
           hn::StoreU(p, df, row + t);
           vsum = hn::Add(vsum, p);
         }

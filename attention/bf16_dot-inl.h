@@ -25,8 +25,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
-#include <limits>
 
+#include "attention/softmax_exp-inl.h"
 #include "hwy/cache_control.h"
 #include "hwy/highway.h"
 #include "pagedkv/dtype.h"
@@ -287,34 +287,16 @@ PAGEDKV_BF16_DOT_ATTR HWY_NOINLINE void DotScores(const uint16_t* HWY_RESTRICT p
 }
 
 // One step of the online softmax for one query: out[t] = bf16(exp(scores[t] - max)) (0 where
-// the score is -inf, masked), for n scores (a multiple of 16); returns the sum of the rounded
-// values, so the denominator matches the weights the value product uses. exp is 2^y with
-// y = (x - max) log2(e): vscalefps takes the integer part, a degree-4 polynomial the rest
-// (relative error 4e-5, well under the 4e-3 of the bf16 rounding that follows).
+// the score is -inf, masked; ExpBelowMax), for n scores (a multiple of 16); returns the sum of the
+// rounded values, so the denominator matches the weights the value product uses.
 PAGEDKV_BF16_DOT_ATTR HWY_NOINLINE float DotSoftmaxRow(const float* HWY_RESTRICT scores,
                                                        size_t n, float max,
                                                        uint16_t* HWY_RESTRICT out) {
-  constexpr float kLog2e = 1.44269504088896341f;
-  const __m512 log2e = _mm512_set1_ps(kLog2e);
-  const __m512 vmax = _mm512_set1_ps(max);
-  const __m512 neg_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
-  // Taylor coefficients of 2^f = e^(f ln 2) on [-0.5, 0.5].
-  const __m512 c1 = _mm512_set1_ps(0.693147181f), c2 = _mm512_set1_ps(0.240226507f);
-  const __m512 c3 = _mm512_set1_ps(0.0555041087f), c4 = _mm512_set1_ps(0.00961812911f);
-  const __m512 one = _mm512_set1_ps(1.0f);
+  const hn::Full512<float> df;
+  const auto vmax = hn::Set(df, max);
   __m512 sum = _mm512_setzero_ps();
   for (size_t t = 0; t < n; t += 16) {
-    const __m512 x = _mm512_loadu_ps(scores + t);
-    const __mmask16 live = _mm512_cmp_ps_mask(x, neg_inf, _CMP_NEQ_OQ);
-    // x - max first: exact near the maximum, whatever the logits' magnitude.
-    const __m512 y = _mm512_mul_ps(_mm512_sub_ps(x, vmax), log2e);
-    const __m512 whole = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const __m512 f = _mm512_sub_ps(y, whole);
-    __m512 poly = _mm512_fmadd_ps(c4, f, c3);
-    poly = _mm512_fmadd_ps(poly, f, c2);
-    poly = _mm512_fmadd_ps(poly, f, c1);
-    poly = _mm512_fmadd_ps(poly, f, one);
-    const __m512 p = _mm512_maskz_scalef_ps(live, poly, whole);
+    const __m512 p = ExpBelowMax(df, hn::LoadU(df, scores + t), vmax).raw;
     const __m256i bits = (__m256i)_mm512_cvtneps_pbh(p);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + t), bits);
     sum = _mm512_add_ps(sum, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16)));

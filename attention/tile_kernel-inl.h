@@ -32,9 +32,9 @@
 #include <vector>
 
 #include "attention/kernel_args.h"
+#include "attention/softmax_exp-inl.h"
 #include "attention/widen-inl.h"
 #include "attention/work_item-inl.h"
-#include "hwy/contrib/math/math-inl.h"
 #include "hwy/highway.h"
 
 HWY_BEFORE_NAMESPACE();
@@ -215,12 +215,11 @@ void AttendTileT(const KernelArgs& a, const WorkItem& it) {
       auto sum = hn::Zero(df);
       for (size_t k = 0; k < n; ++k) {
         const auto x = hn::LoadU(df, st + k * nqp + j);
-        const auto p = hn::IfThenElseZero(hn::Lt(neg_inf, x), hn::Exp(df, hn::Sub(x, base)));
+        const auto p = ExpBelowMax(df, x, base);
         hn::StoreU(p, df, st + k * nqp + j);
         sum = hn::Add(sum, p);
       }
-      const auto corr =
-          hn::IfThenElseZero(hn::Lt(neg_inf, old_max), hn::Exp(df, hn::Sub(old_max, base)));
+      const auto corr = ExpBelowMax(df, old_max, base);
       hn::StoreU(hn::MulAdd(hn::LoadU(df, s.l.data() + j), corr, sum), df, s.l.data() + j);
       hn::StoreU(new_max, df, s.m.data() + j);
       hn::Store(corr, df, correction);
