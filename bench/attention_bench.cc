@@ -465,19 +465,23 @@ BENCHMARK(BM_StreamRead)
     ->ArgsProduct({{8 << 20, 16 << 20, 128 << 20, 256 << 20}, {1, 2}})
     ->UseRealTime();
 
-// Bf16 decode's arithmetic (GQA 4: 96 vector ops per key and KV head on AVX-512) over K and V
-// rows streamed from buffers of `bytes` in all, without the kernel's dependencies: the bytes/s
-// the decode rows could reach if their loads overlapped their arithmetic perfectly (with no
-// software prefetch: from DRAM the kernel can read more). 32 KiB sits in L1 (read again and
-// again: the arithmetic alone), 8 MiB in L3 as BM_DecodePaged's 1 x 2,048, 256 MiB in DRAM as its
-// 32 x 2,048. Compare with BM_StreamRead of the same size and threads. The goal lines put each bf16
-// BM_DecodePaged row's ratio between two made from the 32 KiB row (goals.cc): the arithmetic
-// against the stream, and the two taking turns.
+// Decode's arithmetic (GQA 4: for bf16, 96 vector ops per key and KV head on AVX-512) over K and V
+// rows of dtype streamed from buffers of `bytes` in all, without the kernel's dependencies: the
+// bytes/s the decode rows could reach if their loads overlapped their arithmetic perfectly (with
+// no software prefetch: from DRAM the kernel can read more). 32 KiB sits in L1 (read again and
+// again: the arithmetic alone), 8 MiB in L3 as BM_DecodePaged's 1 x 2,048 in bf16, 256 MiB in DRAM
+// as its 32 x 2,048. Compare with BM_StreamRead of the same size and threads. The goal lines put
+// each BM_DecodePaged row's ratio between two made from the 32 KiB row of its dtype (goals.cc):
+// the arithmetic against the stream, and the two taking turns.
 void BM_DecodeArithmeticRead(benchmark::State& state) {
   const size_t bytes = static_cast<size_t>(state.range(0));
-  const int threads = static_cast<int>(state.range(1));
-  // Half K, half V; bf16 pairs of about 1, so the sums stay finite.
-  std::vector<uint32_t> k(bytes / 8, 0x3f803f80u), v(bytes / 8, 0x3f803f80u);
+  const DType dtype = DTypeArg(state.range(1));
+  const int threads = static_cast<int>(state.range(2));
+  // Half K, half V: f32 1.0 or bf16 / f16 pairs of about 1, so the sums stay finite.
+  const uint32_t one = dtype == DType::kF32   ? 0x3f800000u
+                       : dtype == DType::kF16 ? 0x3c003c00u
+                                              : 0x3f803f80u;
+  std::vector<uint32_t> k(bytes / 8, one), v(bytes / 8, one);
   const size_t per = k.size() / static_cast<size_t>(threads);
   // At least 8 MiB per thread per iteration, so that the 32 KiB rows are not timing the threads'
   // start and join.
@@ -486,7 +490,8 @@ void BM_DecodeArithmeticRead(benchmark::State& state) {
   for (auto _ : state) {
     internal::ParallelFor(threads, threads, [&](int64_t i) {
       const auto t = static_cast<size_t>(i);
-      sums[t] = DecodeArithmeticSum(k.data() + per * t, v.data() + per * t, per, passes);
+      sums[t] = DecodeArithmeticSum(dtype, k.data() + per * t, v.data() + per * t,
+                                    per * sizeof(uint32_t), passes);
     });
     benchmark::DoNotOptimize(sums.data());
   }
@@ -494,8 +499,9 @@ void BM_DecodeArithmeticRead(benchmark::State& state) {
                           static_cast<int64_t>(2 * per * sizeof(uint32_t) * passes * threads));
 }
 BENCHMARK(BM_DecodeArithmeticRead)
-    ->ArgNames({"bytes", "threads"})
-    ->ArgsProduct({{32 << 10, 8 << 20, 256 << 20}, {1, 2}})
+    ->ArgNames({"bytes", "dtype", "threads"})
+    ->ArgsProduct({{32 << 10}, {0, 1, 2}, {1, 2}})
+    ->ArgsProduct({{8 << 20, 256 << 20}, {1}, {1, 2}})
     ->UseRealTime();
 
 // Paged decode's access pattern without its arithmetic: runs of `kib` KiB of a huge-page arena

@@ -126,12 +126,12 @@ void GoalsReporter::PrintGoals() const {
       line(absl::StrCat("decode paged ", args, ": ", Rate(paged_rate), " / stream ",
                         Rate(stream_rate)),
            r, ">= 0.90", r >= 0.9);
-      // What bf16 decode's arithmetic allows against that stream, from its rate with K/V in L1
-      // (no memory cost): min(1, arithmetic / stream) if every load overlapped the arithmetic,
-      // arithmetic / (arithmetic + stream) if none did and their times added up.
-      const Result* arithmetic =
-          Find(absl::StrCat("BM_DecodeArithmeticRead/bytes:32768/threads:", threads));
-      if (Arg(args, "dtype") == "1" && arithmetic != nullptr) {
+      // What decode's arithmetic in the row's dtype allows against that stream, from its rate
+      // with K/V in L1 (no memory cost): min(1, arithmetic / stream) if every load overlapped the
+      // arithmetic, arithmetic / (arithmetic + stream) if none did and their times added up.
+      const Result* arithmetic = Find(absl::StrCat(
+          "BM_DecodeArithmeticRead/bytes:32768/dtype:", Arg(args, "dtype"), "/threads:", threads));
+      if (arithmetic != nullptr) {
         const double a = counter(*arithmetic, "bytes_per_second");
         line(absl::StrCat("  arithmetic alone (K/V in L1: ", Rate(a), "): if loads overlap it"),
              std::min(1.0, a / stream_rate), "", false);

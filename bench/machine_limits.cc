@@ -1,8 +1,11 @@
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "bench/machine_limits.cc"
-#include "hwy/foreach_target.h"  // IWYU pragma: keep
+#include <type_traits>
+
 #include "hwy/cache_control.h"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
+#include "pagedkv/config.h"
 
 #if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
 #include <immintrin.h>
@@ -53,34 +56,48 @@ float PageSumImpl(const float* HWY_RESTRICT base, const int32_t* HWY_RESTRICT or
   return hn::GetLane(hn::SumOfLanes(d, hn::Add(hn::Add(a0, a1), hn::Add(a2, a3))));
 }
 
-// Bf16 decode's vector arithmetic at GQA 4 over rows of K and V (bf16 pairs in 32-bit words),
-// with none of its dependencies: per vector of each row, the widening split into even and odd
-// dims (a shift, a mask) and an FMA of each half with four queries held in registers; per pair
-// of K and V vectors, four adds standing in for the scores' sums and the softmax (AVX-512 at
-// head dim 128: 96 vector ops per key, as the row kernel counts them). `passes` times over the
-// rows. What the decode kernel could read per second if its loads overlapped its arithmetic
-// perfectly, with the hardware prefetcher alone: from DRAM the kernel, which also fetches in
-// software, can read more.
-float DecodeArithmeticSumImpl(const uint32_t* HWY_RESTRICT k, const uint32_t* HWY_RESTRICT v,
-                              size_t words, size_t passes) {
+// Decode's vector arithmetic at GQA 4 over rows of K and V stored as T, with none of its
+// dependencies: per 2N dims of each row, two f32 vectors (bf16: the widening split into even and
+// odd dims, a shift and a mask; f16: two conversions; f32: two loads) and an FMA of each with four
+// queries held in registers; per 2N dims of K and V, four adds standing in for the scores' sums
+// and the softmax (AVX-512 at head dim 128, bf16: 96 vector ops per key, as the row kernel counts
+// them). `passes` times over the rows. What the decode kernel could read per second if its loads
+// overlapped its arithmetic perfectly, with the hardware prefetcher alone: from DRAM the kernel,
+// which also fetches in software, can read more.
+template <typename T>
+float DecodeArithmeticSumOf(const T* HWY_RESTRICT k, const T* HWY_RESTRICT v, size_t n,
+                            size_t passes) {
   const hn::ScalableTag<float> d;
   const hn::RebindToUnsigned<decltype(d)> du;
   const size_t N = hn::Lanes(d);
   // Sixteen accumulators where there are 32 registers, eight (K and V share them) elsewhere.
   constexpr size_t kAcc = HWY_TARGET <= HWY_AVX3 ? 16 : 8;
   constexpr size_t kV = kAcc == 16 ? 8 : 0;  // The first of V's accumulators.
-  const auto mask = hn::Set(du, 0xFFFF0000u);
   const hn::Vec<decltype(d)> q[4] = {hn::Set(d, 1.0001f), hn::Set(d, 0.9999f), hn::Set(d, 1.0002f),
                                      hn::Set(d, 0.9998f)};
+  // Elements [i, i + 2N) at p as two f32 vectors, as the row kernel widens them.
+  const auto load_pair = [&](const T* HWY_RESTRICT p, size_t i, hn::Vec<decltype(d)>& lo,
+                             hn::Vec<decltype(d)>& hi) {
+    if constexpr (std::is_same_v<T, float>) {
+      lo = hn::LoadU(d, p + i);
+      hi = hn::LoadU(d, p + i + N);
+    } else if constexpr (std::is_same_v<T, hwy::float16_t>) {
+      const hn::Rebind<hwy::float16_t, decltype(d)> dh;
+      lo = hn::PromoteTo(d, hn::LoadU(dh, p + i));
+      hi = hn::PromoteTo(d, hn::LoadU(dh, p + i + N));
+    } else {
+      const auto w = hn::LoadU(du, reinterpret_cast<const uint32_t*>(p + i));
+      lo = hn::BitCast(d, hn::ShiftLeft<16>(w));
+      hi = hn::BitCast(d, hn::And(w, hn::Set(du, 0xFFFF0000u)));
+    }
+  };
   hn::Vec<decltype(d)> acc[kAcc];
   for (auto& a : acc) a = hn::Zero(d);
   for (size_t pass = 0; pass < passes; ++pass) {
-    for (size_t i = 0; i + N <= words; i += N) {
-      const auto kw = hn::LoadU(du, k + i), vw = hn::LoadU(du, v + i);
-      const auto klo = hn::BitCast(d, hn::ShiftLeft<16>(kw)),
-                 khi = hn::BitCast(d, hn::And(kw, mask));
-      const auto vlo = hn::BitCast(d, hn::ShiftLeft<16>(vw)),
-                 vhi = hn::BitCast(d, hn::And(vw, mask));
+    for (size_t i = 0; i + 2 * N <= n; i += 2 * N) {
+      hn::Vec<decltype(d)> klo, khi, vlo, vhi;
+      load_pair(k, i, klo, khi);
+      load_pair(v, i, vlo, vhi);
       for (size_t j = 0; j < 4; ++j) {
         acc[j] = hn::MulAdd(q[j], klo, acc[j]);
         acc[4 + j] = hn::MulAdd(q[j], khi, acc[4 + j]);
@@ -93,6 +110,21 @@ float DecodeArithmeticSumImpl(const uint32_t* HWY_RESTRICT k, const uint32_t* HW
   auto sum = acc[0];
   for (size_t j = 1; j < kAcc; ++j) sum = hn::Add(sum, acc[j]);
   return hn::GetLane(hn::SumOfLanes(d, sum));
+}
+
+float DecodeArithmeticSumImpl(DType dtype, const void* k, const void* v, size_t bytes,
+                              size_t passes) {
+  switch (dtype) {
+    case DType::kF32:
+      return DecodeArithmeticSumOf(static_cast<const float*>(k), static_cast<const float*>(v),
+                                   bytes / 4, passes);
+    case DType::kF16:
+      return DecodeArithmeticSumOf(static_cast<const hwy::float16_t*>(k),
+                                   static_cast<const hwy::float16_t*>(v), bytes / 2, passes);
+    default:
+      return DecodeArithmeticSumOf(static_cast<const hwy::bfloat16_t*>(k),
+                                   static_cast<const hwy::bfloat16_t*>(v), bytes / 2, passes);
+  }
 }
 
 double FmaChainsImpl(int64_t iterations, float seed) {
@@ -163,8 +195,8 @@ float StreamSum(const float* data, size_t n) { return HWY_DYNAMIC_DISPATCH(Strea
 float PageSum(const float* base, const int32_t* order, size_t num_pages, size_t page_floats) {
   return HWY_DYNAMIC_DISPATCH(PageSumImpl)(base, order, num_pages, page_floats);
 }
-float DecodeArithmeticSum(const uint32_t* k, const uint32_t* v, size_t words, size_t passes) {
-  return HWY_DYNAMIC_DISPATCH(DecodeArithmeticSumImpl)(k, v, words, passes);
+float DecodeArithmeticSum(DType dtype, const void* k, const void* v, size_t bytes, size_t passes) {
+  return HWY_DYNAMIC_DISPATCH(DecodeArithmeticSumImpl)(dtype, k, v, bytes, passes);
 }
 double FmaChains(int64_t iterations, float seed) {
   return HWY_DYNAMIC_DISPATCH(FmaChainsImpl)(iterations, seed);

@@ -6,6 +6,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "pagedkv/config.h"
+
 namespace pagedkv::bench {
 
 // Sum of n floats, streamed with the widest vectors this CPU has.
@@ -13,9 +15,9 @@ float StreamSum(const float* data, size_t n);
 // Sum of num_pages pages of page_floats floats at base, in the order given (page indices), with
 // the next page prefetched while one is read.
 float PageSum(const float* base, const int32_t* order, size_t num_pages, size_t page_floats);
-// Bf16 decode's vector arithmetic (GQA 4) over `words` 32-bit words (bf16 pairs) of K at k and
-// of V at v, `passes` times, without the kernel's dependencies between its parts.
-float DecodeArithmeticSum(const uint32_t* k, const uint32_t* v, size_t words, size_t passes);
+// Decode's vector arithmetic (GQA 4) over `bytes` of K at k and as many of V at v, stored as
+// dtype, `passes` times, without the kernel's dependencies between its parts.
+float DecodeArithmeticSum(DType dtype, const void* k, const void* v, size_t bytes, size_t passes);
 // Runs `iterations` rounds of independent fused multiply-adds and returns the FLOPs done
 // (2 per lane per FMA).
 double FmaChains(int64_t iterations, float seed);
