@@ -243,7 +243,7 @@ float StreamOnce(const std::vector<float>& data, int threads) {
 // context} from 16-token shuffled pages and streams a buffer of the same bytes with the same
 // threads, in alternating order; paged_over_stream is the stream's median time over the
 // decode's, that is the decode's bytes/s over the stream's. The separate BM_DecodePaged and
-// BM_StreamRead rows of one run have given 0.53 to 0.92 for the same row on a shared VM.
+// BM_StreamRead rows have given one row 0.53 in one run and 0.92 in another on a shared VM.
 void BM_DecodePagedOverStream(benchmark::State& state) {
   const Fixture paged(state.range(0), state.range(1), DType::kBF16, true);
   const int threads = static_cast<int>(state.range(2));
