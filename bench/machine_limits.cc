@@ -1,9 +1,10 @@
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "bench/machine_limits.cc"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+
 #include <type_traits>
 
 #include "hwy/cache_control.h"
-#include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
 #include "pagedkv/config.h"
 
