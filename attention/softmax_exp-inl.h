@@ -25,8 +25,8 @@ namespace hn = hwy::HWY_NAMESPACE;
 // so that no result is subnormal: where the true value lies below 2^-126 the result is 2^-126.
 // On AVX-512, VREDUCEPS gives f and VSCALEFPS applies floor(y): 11 vector ops for 16 lanes,
 // where hn::Exp, accurate to 1 ulp over its whole range, takes about 24. On Emerald Rapids, calls
-// alternated in one process, against hn::Exp: decode 0.94-0.99x the time (f32, bf16, f16; GQA 1,
-// 4, 8), extend 0.90-0.96x.
+// alternated in one process, against hn::Exp: decode 0.94-1.00x the time (f32, bf16, f16; GQA 1,
+// 4, 8), extend 0.88-0.96x.
 template <class D>
 HWY_INLINE hn::Vec<D> ExpBelowMax(D d, hn::Vec<D> x, hn::Vec<D> max) {
   constexpr float kLog2e = 1.44269504088896341f;
