@@ -148,13 +148,16 @@ void BM_DecodePaged(benchmark::State& state) { Decode(state, true); }
 void BM_DecodeContiguous(benchmark::State& state) { Decode(state, false); }
 
 // {batch, context, dtype (0 f32, 1 bf16, 2 f16), threads}: in L3, then from DRAM.
-void DecodeArgs(benchmark::internal::Benchmark* b) {
+void DecodeShapes(benchmark::internal::Benchmark* b) {
   b->ArgNames({"batch", "context", "dtype", "threads"});
   for (int64_t threads : {1, 2}) {
     for (int64_t dtype : {1, 0, 2}) b->Args({1, 2048, dtype, threads});
     b->Args({32, 2048, 1, threads});
     b->Args({1, 32768, 1, threads});
   }
+}
+void DecodeArgs(benchmark::internal::Benchmark* b) {
+  DecodeShapes(b);
   b->UseRealTime();
 }
 BENCHMARK(BM_DecodePaged)->Apply(DecodeArgs);
@@ -192,7 +195,7 @@ std::vector<double> MedianSecondsOfAlternatedCalls(
   return medians;
 }
 
-// One bf16 decode call of the fixture (all its sequences), as the decode rows time it.
+// One decode call of the fixture (all its sequences), as the decode rows time it.
 std::function<void()> DecodeCall(const Fixture& f, const AttentionOptions& options,
                                  std::vector<float>& q, std::vector<float>& out) {
   return [&f, options, &q, &out] {
@@ -239,14 +242,14 @@ float StreamOnce(const std::vector<float>& data, int threads) {
 }
 
 // The decode goal (K/V bytes/s at least 0.9 of the stream) measured with calls alternated, as
-// BM_DecodePagedOverContiguous measures the paged goal: each iteration decodes bf16 {batch,
-// context} from 16-token shuffled pages and streams a buffer of the same bytes with the same
-// threads, in alternating order; paged_over_stream is the stream's median time over the
-// decode's, that is the decode's bytes/s over the stream's. The separate BM_DecodePaged and
-// BM_StreamRead rows have given one row 0.53 in one run and 0.92 in another on a shared VM.
+// BM_DecodePagedOverContiguous measures the paged goal, for BM_DecodePaged's rows: each iteration
+// decodes {batch, context, dtype} from 16-token shuffled pages and streams a buffer of the same
+// bytes with the same threads, in alternating order; paged_over_stream is the stream's median time
+// over the decode's, that is the decode's bytes/s over the stream's. The separate BM_DecodePaged
+// and BM_StreamRead rows have given one row 0.53 in one run and 0.92 in another on a shared VM.
 void BM_DecodePagedOverStream(benchmark::State& state) {
-  const Fixture paged(state.range(0), state.range(1), DType::kBF16, true);
-  const int threads = static_cast<int>(state.range(2));
+  const Fixture paged(state.range(0), state.range(1), DTypeArg(state.range(2)), true);
+  const int threads = static_cast<int>(state.range(3));
   AttentionOptions options;
   options.num_threads = threads;
   std::vector<float> q(static_cast<size_t>(state.range(0) * kQHeads * kHeadDim), 0.01f);
@@ -259,12 +262,7 @@ void BM_DecodePagedOverStream(benchmark::State& state) {
   state.counters["kv_bytes"] = static_cast<double>(paged.KvBytes());
   state.SetBytesProcessed(state.iterations() * 2 * paged.KvBytes());
 }
-BENCHMARK(BM_DecodePagedOverStream)
-    ->ArgNames({"batch", "context", "threads"})
-    ->ArgsProduct({{1}, {2048, 32768}, {1, 2}})
-    ->Args({32, 2048, 1})
-    ->Args({32, 2048, 2})
-    ->UseManualTime();
+BENCHMARK(BM_DecodePagedOverStream)->Apply(DecodeShapes)->UseManualTime();
 
 // Times ExtendAttention of `fresh` new tokens of the fixture's one sequence (its last `fresh`).
 void RunExtend(benchmark::State& state, const Fixture& f, int64_t fresh,
