@@ -205,15 +205,16 @@ std::function<void()> DecodeCall(const Fixture& f, const AttentionOptions& optio
 }
 
 // Paged against contiguous in one benchmark, for the ratio the issue sets a goal for (paged at
-// most 1.03x the contiguous time): each iteration decodes bf16 {batch, context} once from 16-token
-// shuffled pages and once from one contiguous page per sequence, in alternating order, and
-// paged_over_contiguous is the ratio of the two calls' median times. Time and bytes/s count
-// both calls.
+// most 1.03x the contiguous time), over BM_DecodePaged's rows: each iteration decodes {batch,
+// context, dtype} once from 16-token shuffled pages and once from one contiguous page per
+// sequence, in alternating order, and paged_over_contiguous is the ratio of the two calls' median
+// times. Time and bytes/s count both calls.
 void BM_DecodePagedOverContiguous(benchmark::State& state) {
-  const Fixture paged(state.range(0), state.range(1), DType::kBF16, true);
-  const Fixture contiguous(state.range(0), state.range(1), DType::kBF16, false);
+  const DType dtype = DTypeArg(state.range(2));
+  const Fixture paged(state.range(0), state.range(1), dtype, true);
+  const Fixture contiguous(state.range(0), state.range(1), dtype, false);
   AttentionOptions options;
-  options.num_threads = static_cast<int32_t>(state.range(2));
+  options.num_threads = static_cast<int32_t>(state.range(3));
   std::vector<float> q(static_cast<size_t>(state.range(0) * kQHeads * kHeadDim), 0.01f);
   std::vector<float> out(q.size());
   const std::vector<double> median = MedianSecondsOfAlternatedCalls(
@@ -221,12 +222,7 @@ void BM_DecodePagedOverContiguous(benchmark::State& state) {
   state.counters["paged_over_contiguous"] = median[0] / median[1];
   state.SetBytesProcessed(state.iterations() * (paged.KvBytes() + contiguous.KvBytes()));
 }
-BENCHMARK(BM_DecodePagedOverContiguous)
-    ->ArgNames({"batch", "context", "threads"})
-    ->ArgsProduct({{1}, {2048, 32768}, {1, 2}})
-    ->Args({32, 2048, 1})
-    ->Args({32, 2048, 2})
-    ->UseManualTime();
+BENCHMARK(BM_DecodePagedOverContiguous)->Apply(DecodeShapes)->UseManualTime();
 
 // Streams `data` once with `threads` threads, each its own slice (BM_StreamRead's call).
 float StreamOnce(const std::vector<float>& data, int threads) {
