@@ -12,9 +12,10 @@
 //   - otherwise K and V rows are widened to f32 in registers, once per group of four queries
 //     (bf16: split into even and odd dims by a shift and a mask, LoadPairF32). On AVX-512, four
 //     keys are scored at a time against the group laid out in rotated blocks, so that 16 dot
-//     products are summed with one transpose (RotateQueries), and two or three queries left
-//     over are padded to a group; V rows (and f16 K rows) are widened once per two groups
-//     (eight queries: GQA 8, or GQA 4 with two query rows), Values8 and Scores8.
+//     products are summed with one transpose (RotateQueries); three queries left over are
+//     padded to a group, and two take a pair path (Scores2, Values2: eight keys against the
+//     pair); V rows (and f16 K rows) are widened once per two groups (eight queries: GQA 8, or
+//     GQA 4 with two query rows), Values8 and Scores8.
 // K rows kLeadRows positions ahead are prefetched, row for row, while keys are scored, and V rows
 // while values are summed, across page boundaries: the hardware prefetcher does not follow a jump
 // to a scattered page, nor keep far enough ahead inside a large one.
@@ -478,6 +479,117 @@ HWY_INLINE void Values1(const float* HWY_RESTRICT p, const T* HWY_RESTRICT value
   }
 }
 
+#if HWY_TARGET <= HWY_AVX3
+// Scores of eight consecutive key rows at k against two queries (D floats apart from q):
+// scores[j * t_pad + i] = q[j] . row i. Each key chunk widened feeds both queries (16
+// accumulators), and the 16 dot products are summed by one transpose: per accumulator the lanes
+// of each 128-bit block (BlockSumsOfFour), then the blocks, 45 vector ops. The rows kLeadRows on
+// (fetch_k, fetch_v; null: none) are prefetched a slice per pass, as ScoresOfKeys.
+template <bool kSplit, typename T>
+HWY_INLINE void ScoresOfEightKeys2(const float* HWY_RESTRICT q, const T* HWY_RESTRICT k, size_t D,
+                                   float* HWY_RESTRICT scores, size_t t_pad, const T* fetch_k,
+                                   const T* fetch_v) {
+  constexpr size_t kKeys = 8;
+  const DF df;
+  const size_t N = hn::Lanes(df);
+  const size_t full = D / N * N;
+  const size_t lead_bytes = kKeys * D * sizeof(T);
+  hn::Vec<DF> a[kKeys][2];
+  for (size_t i = 0; i < kKeys; ++i) a[i][0] = a[i][1] = hn::Zero(df);
+  size_t c = 0;
+  for (; c + 2 * N <= full; c += 2 * N) {
+    if (fetch_k != nullptr) {
+      const size_t off = kKeys * c * sizeof(T);
+      PrefetchRows(BytesAhead(fetch_k, off), BytesAhead(fetch_v, off), 2 * kKeys * N * sizeof(T));
+    }
+    const auto q0lo = hn::LoadU(df, q + c), q0hi = hn::LoadU(df, q + c + N);
+    const auto q1lo = hn::LoadU(df, q + D + c), q1hi = hn::LoadU(df, q + D + c + N);
+    for (size_t i = 0; i < kKeys; ++i) {
+      hn::Vec<DF> lo, hi;
+      LoadPairF32<kSplit>(k + i * D + c, lo, hi);
+      a[i][0] = hn::MulAdd(q0hi, hi, hn::MulAdd(q0lo, lo, a[i][0]));
+      a[i][1] = hn::MulAdd(q1hi, hi, hn::MulAdd(q1lo, lo, a[i][1]));
+    }
+  }
+  if (fetch_k != nullptr && kKeys * c * sizeof(T) < lead_bytes) {
+    const size_t off = kKeys * c * sizeof(T);
+    PrefetchRows(BytesAhead(fetch_k, off), BytesAhead(fetch_v, off), lead_bytes - off);
+  }
+  for (; c < full; c += N) {  // Not with kSplit, whose D is a multiple of 2N.
+    const auto q0 = hn::LoadU(df, q + c), q1 = hn::LoadU(df, q + D + c);
+    for (size_t i = 0; i < kKeys; ++i) {
+      const auto kc = LoadF32(k + i * D + c);
+      a[i][0] = hn::MulAdd(q0, kc, a[i][0]);
+      a[i][1] = hn::MulAdd(q1, kc, a[i][1]);
+    }
+  }
+  // Per 128-bit block b: lane i holds that block's part of (keys 0-3 or 4-7) . query j.
+  const __m512 s0 = BlockSumsOfFour(a[0][0], a[1][0], a[2][0], a[3][0]).raw;
+  const __m512 s1 = BlockSumsOfFour(a[0][1], a[1][1], a[2][1], a[3][1]).raw;
+  const __m512 s2 = BlockSumsOfFour(a[4][0], a[5][0], a[6][0], a[7][0]).raw;
+  const __m512 s3 = BlockSumsOfFour(a[4][1], a[5][1], a[6][1], a[7][1]).raw;
+  // Blocks summed by a 4 x 4 transpose: _mm512_shuffle_f32x4(x, y, 0x88) takes blocks
+  // [x0, x2, y0, y2], 0xDD [x1, x3, y1, y3].
+  const __m512 p01 =
+      _mm512_add_ps(_mm512_shuffle_f32x4(s0, s1, 0x88), _mm512_shuffle_f32x4(s0, s1, 0xDD));
+  const __m512 p23 =
+      _mm512_add_ps(_mm512_shuffle_f32x4(s2, s3, 0x88), _mm512_shuffle_f32x4(s2, s3, 0xDD));
+  // Blocks: keys 0-3 . q0, keys 0-3 . q1, keys 4-7 . q0, keys 4-7 . q1.
+  const __m512 v =
+      _mm512_add_ps(_mm512_shuffle_f32x4(p01, p23, 0x88), _mm512_shuffle_f32x4(p01, p23, 0xDD));
+  float sums[16];
+  _mm512_storeu_ps(sums, v);
+  for (size_t j = 0; j < 2; ++j) {
+    for (size_t i = 0; i < kKeys; ++i) {
+      float sum = sums[(i / 4 * 2 + j) * 4 + i % 4];
+      for (size_t d = full; d < D; ++d) sum += q[j * D + d] * ScalarToF32(k[i * D + d]);
+      scores[j * t_pad + i] = sum;
+    }
+  }
+}
+
+// scores[j][t] = q[j] . K[t] for two queries (D floats apart; rows of `scores` t_pad long), on
+// AVX-512: eight keys at a time (ScoresOfEightKeys2), the rest one query at a time (Scores1).
+// Prefetches as Scores4.
+template <bool kSplit, typename T>
+HWY_INLINE void Scores2(const float* HWY_RESTRICT q, const T* HWY_RESTRICT keys, size_t n_keys,
+                        size_t D, float* HWY_RESTRICT scores, size_t t_pad, const T* lead_k,
+                        const T* lead_v) {
+  const auto at = [D](const T* p, size_t t) { return p == nullptr ? p : p + t * D; };
+  size_t t = 0;
+  for (; t + 8 <= n_keys; t += 8) {
+    ScoresOfEightKeys2<kSplit>(q, keys + t * D, D, scores + t, t_pad, at(lead_k, t), at(lead_v, t));
+  }
+  if (t < n_keys) {
+    for (size_t j = 0; j < 2; ++j) {
+      Scores1<kSplit>(q + j * D, keys + t * D, n_keys - t, D, scores + j * t_pad + t,
+                      j == 0 ? at(lead_k, t) : nullptr, j == 0 ? at(lead_v, t) : nullptr);
+    }
+  }
+}
+
+// acc[j] += sum_t p[j][t] * V[t] for two queries, on AVX-512: eight chunks at a time feed 16
+// accumulators, so each V chunk is widened once for both. kSplit and lead as Values4.
+template <bool kSplit, typename T>
+HWY_INLINE void Values2(const float* HWY_RESTRICT p, size_t t_pad, const T* HWY_RESTRICT values,
+                        size_t n_keys, size_t D, float* HWY_RESTRICT acc, const T* lead) {
+  const size_t N = hn::Lanes(DF());
+  size_t c = 0;
+  for (; c + 8 * N <= D; c += 8 * N) {
+    ValueChunks<2, 8, kSplit>(p, t_pad, values, n_keys, D, c, acc, lead);
+  }
+  for (; c + 2 * N <= D; c += 2 * N) {
+    ValueChunks<2, 2, kSplit>(p, t_pad, values, n_keys, D, c, acc, lead);
+  }
+  for (; c < D; ++c) {  // Not with kSplit, whose D is a multiple of 2N.
+    for (size_t t = 0; t < n_keys; ++t) {
+      const float v = ScalarToF32(values[t * D + c]);
+      for (size_t j = 0; j < 2; ++j) acc[j * D + c] += p[j * t_pad + t] * v;
+    }
+  }
+}
+#endif
+
 // kDot: bf16 pages through vdpbf16ps (bf16_dot-inl.h), in groups of four queries (padded);
 // otherwise K and V are widened to f32 in registers. kSplit (bf16, head_dim a multiple of 2N):
 // widened by LoadPairF32's split, with queries and accumulators in its dim order.
@@ -494,14 +606,18 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
   const size_t NQ = static_cast<size_t>(rows * G);
   // Query slots: whole groups of four, padded with zero queries whose scores are computed and
   // ignored (and on the dot path, probabilities left zero), wherever a group of four costs about
-  // what two queries on their own do: on the dot path always, and on AVX-512 when two or three
-  // are left over (ScoresOfKeys<4, 1, kSplit, true>). GQA 2 in groups of four, against one query at
-  // a time, on Emerald Rapids: 0.75-0.86x the time for bf16 and f16, 0.85-0.98x for f32; on AVX2,
-  // without the rotated scores, 1.04-1.10x, so not there.
+  // what the queries left over cost on their own: on the dot path always, and on AVX-512 when
+  // three are left over (ScoresOfKeys<4, 1, kSplit, true>). GQA 2 in groups of four, against one
+  // query at a time, on Emerald Rapids: 0.75-0.86x the time for bf16 and f16, 0.85-0.98x for f32;
+  // on AVX2, without the rotated scores, 1.04-1.10x, so not there. Two left over on AVX-512 take
+  // the pair path instead (Scores2, Values2): GQA 2 decode, 1 x 2,048, one thread, calls
+  // alternated in one process, against the padded group: bf16 0.96x the time (0.76-0.78x in L2),
+  // f16 0.88x, f32 0.96-0.97x.
   constexpr bool kPadRest = HWY_TARGET <= HWY_AVX3;
-  const bool pad = kDot || (kPadRest && NQ % kQueryGroup >= 2);
+  [[maybe_unused]] const bool pair_rest = kPadRest && !kDot && NQ % kQueryGroup == 2;
+  const bool pad = kDot || (kPadRest && NQ % kQueryGroup == 3);
   const size_t NS = pad ? (NQ + kQueryGroup - 1) / kQueryGroup * kQueryGroup : NQ;
-  // Whole groups of four query slots, then the rest one at a time.
+  // Whole groups of four query slots, then a pair (pair_rest), then the rest one at a time.
   const size_t NQ4 = NS / kQueryGroup * kQueryGroup;
   // Keys per step (see below): up to 256, as long as the step's scores stay within 16 KiB
   // (decode's four queries: 256 keys, 9% faster than 64 in L3; extend's 64: 64 keys), then
@@ -660,6 +776,13 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
                           n_part, D, scores_all + j * t_pad + col, t_pad, j == 0 ? lead_k : nullptr,
                           lead_v);
         }
+#if HWY_TARGET <= HWY_AVX3
+        if (pair_rest) {
+          Scores2<kSplit>(q_all + j * D, keys, n_part, D, scores_all + j * t_pad + col, t_pad,
+                          j == 0 ? lead_k : nullptr, lead_v);
+          j += 2;
+        }
+#endif
         for (; j < NQ; ++j) {  // From NQ4.
           Scores1<kSplit>(q_all + j * D, keys, n_part, D, scores_all + j * t_pad + col,
                           j == 0 ? lead_k : nullptr, lead_v);
@@ -756,6 +879,13 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
         Values4<kSplit>(scores_all + j * t_pad + col, t_pad, values, n_part, D, acc_all + j * D,
                         j == 0 ? lead_v : nullptr);
       }
+#if HWY_TARGET <= HWY_AVX3
+      if (pair_rest) {
+        Values2<kSplit>(scores_all + j * t_pad + col, t_pad, values, n_part, D, acc_all + j * D,
+                        j == 0 ? lead_v : nullptr);
+        j += 2;
+      }
+#endif
       for (; j < NQ; ++j) {  // From NQ4.
         Values1<kSplit>(scores_all + j * t_pad + col, values, n_part, D, acc_all + j * D,
                         j == 0 ? lead_v : nullptr);
