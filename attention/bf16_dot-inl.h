@@ -87,6 +87,12 @@ HWY_INLINE const void* BytesAhead(const void* p, size_t off) {
   return p == nullptr ? nullptr : static_cast<const char*>(p) + off;
 }
 
+// Row t of the rows of D elements at p, or null for a null p (as BytesAhead).
+template <typename T>
+HWY_INLINE const T* RowAhead(const T* p, size_t t, size_t D) {
+  return p == nullptr ? nullptr : p + t * D;
+}
+
 // Starts the fetch of the first line of each of k and v that is not null, with the hint for
 // the outer caches. From DRAM the first miss of a scattered page is what stalls: the row-for-row
 // prefetch one page ahead comes too late for it, and after it the hardware streams the page.
@@ -224,14 +230,14 @@ PAGEDKV_BF16_DOT_ATTR HWY_INLINE void DotScoresOfGroup(const uint16_t* HWY_RESTR
   // Prefetch only for the first query group: the others read the same rows.
   const uint16_t* fetch_k = first_group ? page.lead_k : nullptr;
   const uint16_t* fetch_v = first_group ? page.first_v : nullptr;
-  const auto at = [D](const uint16_t* p, size_t t) { return p == nullptr ? p : p + t * D; };
   size_t t = 0;
   for (; t + 16 <= page.n; t += 16) {
     // No lambda here: clang does not give lambdas the enclosing function's target features.
     __m512 v[4];
     for (size_t i = 0; i < 4; ++i) {
       const size_t t4 = t + 4 * i;
-      v[i] = DotScoresOfFour<kD>(pack, rows + t4 * D, 4, D, at(fetch_k, t4), at(fetch_v, t4));
+      v[i] = DotScoresOfFour<kD>(pack, rows + t4 * D, 4, D, RowAhead(fetch_k, t4, D),
+                                 RowAhead(fetch_v, t4, D));
     }
     const __m512 v0 = v[0], v1 = v[1], v2 = v[2], v3 = v[3];
     // Transpose the 4x4 blocks: block j of v_i becomes block i of the row of query j.
@@ -244,7 +250,8 @@ PAGEDKV_BF16_DOT_ATTR HWY_INLINE void DotScoresOfGroup(const uint16_t* HWY_RESTR
   }
   for (; t < page.n; t += 4) {
     const size_t n = page.n - t < 4 ? page.n - t : 4;
-    const __m512 v = DotScoresOfFour<kD>(pack, rows + t * D, n, D, at(fetch_k, t), at(fetch_v, t));
+    const __m512 v = DotScoresOfFour<kD>(pack, rows + t * D, n, D, RowAhead(fetch_k, t, D),
+                                         RowAhead(fetch_v, t, D));
     alignas(64) float lanes[16];
     _mm512_store_ps(lanes, v);
     for (size_t j = 0; j < 4; ++j) {
