@@ -300,16 +300,20 @@ void BM_DecodePagedNoGqa(benchmark::State& state) {
 }
 BENCHMARK(BM_DecodePagedNoGqa)->ArgNames({"context", "threads"})->Args({2048, 1})->UseRealTime();
 
-// Query heads per KV head: 8 KV heads, bf16, 1 x 2,048 (8 MiB, L3), one thread, with 1, 2, 4 or
-// 8 query heads per KV head. The K/V bytes are the same for every group, so bytes/s compares the
-// work per KV byte of the groups.
+// Query heads per KV head: 8 KV heads, 1 x 2,048 (8 MiB of bf16 or f16, 16 MiB of f32, in L3),
+// one thread, with 1, 2, 4 or 8 query heads per KV head, in each dtype. The K/V bytes are the same
+// for every group, so bytes/s compares the work per KV byte of the groups: the goal report puts
+// each group's rate over group 1's.
 void BM_DecodeGqa(benchmark::State& state) {
-  Fixture f(1, 2048, DType::kBF16, true);
+  Fixture f(1, 2048, DTypeArg(state.range(0)), true);
   AttentionOptions options;
   options.num_threads = 1;
-  RunDecode(state, f.view, kKvHeads * static_cast<int32_t>(state.range(0)), options);
+  RunDecode(state, f.view, kKvHeads * static_cast<int32_t>(state.range(1)), options);
 }
-BENCHMARK(BM_DecodeGqa)->ArgNames({"group"})->DenseRange(1, 2)->Arg(4)->Arg(8)->UseRealTime();
+BENCHMARK(BM_DecodeGqa)
+    ->ArgNames({"dtype", "group"})
+    ->ArgsProduct({{1, 0, 2}, {1, 2, 4, 8}})
+    ->UseRealTime();
 
 // One decode step of the whole model as an engine runs it: Llama-3-8B's 32 layers one after
 // another, 1 x 2,048 tokens, bf16 (8 MiB of K/V per layer, 256 MiB in all). By the time the

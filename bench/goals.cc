@@ -169,6 +169,18 @@ void GoalsReporter::PrintGoals() const {
                       " / stream of 256 MiB ", Rate(counter(*stream, "bytes_per_second"))),
          r, ">= 0.90", r >= 0.9);
   }
+  // The K/V rate of each GQA group over group 1's in the same dtype: how much of the one-query
+  // rate a group keeps while doing its work for more queries per byte. No goal of its own.
+  for (const auto& [name, gqa] : results_) {
+    const std::string args = ArgsOf(name, "BM_DecodeGqa/");
+    if (args.empty() || Arg(args, "group") == "1") continue;
+    const Result* one = Find(absl::StrCat("BM_DecodeGqa/dtype:", Arg(args, "dtype"), "/group:1"));
+    if (one == nullptr) continue;
+    const double rate = counter(gqa, "bytes_per_second");
+    const double rate1 = counter(*one, "bytes_per_second");
+    line(absl::StrCat("decode GQA ", args, " / group 1: ", Rate(rate), " / ", Rate(rate1)),
+         rate / rate1, "", false);
+  }
   // The arithmetic ceiling, for reading the decode ratios: no goal of its own.
   for (const auto& [name, arithmetic] : results_) {
     const std::string args = ArgsOf(name, "BM_DecodeArithmeticRead/");
