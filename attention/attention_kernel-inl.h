@@ -39,6 +39,7 @@
 #include "attention/bf16_dot-inl.h"
 #include "attention/kernel_args.h"
 #include "attention/row_products-inl.h"
+#include "attention/soft_cap-inl.h"
 #include "attention/softmax_exp-inl.h"
 #include "attention/widen-inl.h"
 #include "attention/work_item-inl.h"
@@ -273,9 +274,7 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
     }
     for (size_t j = 0; j < NQ; ++j) {
       float* row = scores_all + j * t_pad;
-      if (a.soft_cap > 0) {
-        for (size_t t = 0; t < n_keys; ++t) row[t] = a.soft_cap * std::tanh(row[t] / a.soft_cap);
-      }
+      if (a.soft_cap > 0) SoftCap(a.soft_cap, row, n_keys);
       for (size_t t = n_keys; t < (n_keys + N - 1) / N * N; ++t) row[t] = kNegInf;
     }
     const size_t n_pad = (n_keys + N - 1) / N * N;

@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "attention/kernel_args.h"
+#include "attention/soft_cap-inl.h"
 #include "attention/softmax_exp-inl.h"
 #include "attention/widen-inl.h"
 #include "attention/work_item-inl.h"
@@ -195,9 +196,7 @@ void AttendTileT(const KernelArgs& a, const WorkItem& it) {
     for (; t < n; ++t) {
       for (size_t j = 0; j < nqp; j += N) TileScores<1, 1>(tile, D, qt, nqp, t, j, st);
     }
-    if (a.soft_cap > 0) {
-      for (size_t i = 0; i < n * nqp; ++i) st[i] = a.soft_cap * std::tanh(st[i] / a.soft_cap);
-    }
+    if (a.soft_cap > 0) SoftCap(a.soft_cap, st, n * nqp);
     // Causal and sliding-window mask, only where the step crosses a row's bounds.
     ForEachMaskedKey(a, span, t0, t1, [&](int64_t r, int64_t key) {
       float* col = st + static_cast<size_t>(key - t0) * nqp + static_cast<size_t>(r * G);
