@@ -332,6 +332,28 @@ BENCHMARK(BM_DecodeHeadDim)
     ->ArgsProduct({{1, 0, 2}, {64, 80, 96, 128, 256}})
     ->UseRealTime();
 
+// The logits soft-cap's cost at Gemma 2's shape (16 query heads over 8 KV heads, head dim 256,
+// cap 50), bf16, 1 x 2,048 from 16-token shuffled pages, one thread: capped and uncapped calls
+// alternated, capped_over_uncapped the ratio of their median times.
+void BM_DecodeSoftCap(benchmark::State& state) {
+  const Fixture f(1, 2048, DType::kBF16, true, kKvHeads, 1, 16, 1, PageLayout::kBlockMajor, 256);
+  const int32_t q_heads = 2 * kKvHeads;
+  std::vector<float> q(static_cast<size_t>(q_heads * f.view.head_dim), 0.01f);
+  std::vector<float> out(q.size());
+  const auto call = [&](float cap) {
+    return [&, cap] {
+      AttentionOptions options;
+      options.num_threads = 1;
+      options.soft_cap = cap;
+      OrDie(DecodeAttention(f.view, 0, q_heads, q, absl::MakeSpan(out), options), "decode");
+      benchmark::DoNotOptimize(out.data());
+    };
+  };
+  const std::vector<double> median = MedianSecondsOfAlternatedCalls(state, {call(50), call(0)});
+  state.counters["capped_over_uncapped"] = median[0] / median[1];
+}
+BENCHMARK(BM_DecodeSoftCap)->UseManualTime();
+
 // One decode step of the whole model as an engine runs it: Llama-3-8B's 32 layers one after
 // another, 1 x 2,048 tokens, bf16 (8 MiB of K/V per layer, 256 MiB in all). By the time the
 // step comes back to a layer, its pages have left the caches: this is the DRAM figure a server

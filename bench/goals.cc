@@ -181,6 +181,10 @@ void GoalsReporter::PrintGoals() const {
     line(absl::StrCat("decode GQA ", args, " / group 1: ", Rate(rate), " / ", Rate(rate1)),
          rate / rate1, "", false);
   }
+  if (const Result* cap = Find("BM_DecodeSoftCap"); cap != nullptr) {
+    line("decode with / without a logits soft-cap, Gemma 2 shape, time",
+         counter(*cap, "capped_over_uncapped"), "", false);
+  }
   // The arithmetic ceiling, for reading the decode ratios: no goal of its own.
   for (const auto& [name, arithmetic] : results_) {
     const std::string args = ArgsOf(name, "BM_DecodeArithmeticRead/");
