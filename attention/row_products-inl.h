@@ -1,6 +1,6 @@
 // The products of the row kernel (attention_kernel-inl.h), compiled once per Highway target: Q.K
 // scores and P.V sums of K and V rows widened to f32 in registers, for groups of four queries
-// (Scores4, Values4; on AVX-512 four keys at a time against rotated queries), eight (Scores8,
+// (Scores4, ValuesOf; on AVX-512 four keys at a time against rotated queries), eight (Scores8,
 // Values8), a pair (Scores2, Values2) and one query (Scores1, Values1), with the rows ahead
 // prefetched as the kernel asks.
 
@@ -323,26 +323,29 @@ HWY_INLINE void ValueChunks(const float* HWY_RESTRICT p, size_t t_pad, const T* 
   }
 }
 
-// acc[j] += sum_t p[j][t] * V[t] for the four queries of a group. V chunks are widened in
-// registers once and feed four independent accumulators each. With kSplit, acc holds each 2N
-// dims' even dims, then its odd ones (LoadPairF32). Row t of lead (null: none) is prefetched
-// with row t, a pass's dims at a time.
-template <bool kSplit, typename T>
-HWY_INLINE void Values4(const float* HWY_RESTRICT p, size_t t_pad, const T* HWY_RESTRICT values,
-                        size_t n_keys, size_t D, float* HWY_RESTRICT acc, const T* lead) {
+// acc[j] += sum_t p[j][t] * V[t] for kQueries queries: the four of a group, or on AVX-512 a
+// group and the one or two queries left over after it (5 or 6: GQA 5 and 6, where ValuesOf<4> and
+// then Values1 or Values2 widened each V chunk twice). V chunks are widened in registers once
+// and feed kQueries independent accumulators each. With kSplit, acc holds each 2N dims' even
+// dims, then its odd ones (LoadPairF32). Row t of lead (null: none) is prefetched with row t, a
+// pass's dims at a time.
+template <size_t kQueries, bool kSplit, typename T>
+HWY_INLINE void ValuesOf(const float* HWY_RESTRICT p, size_t t_pad, const T* HWY_RESTRICT values,
+                         size_t n_keys, size_t D, float* HWY_RESTRICT acc, const T* lead) {
+  static_assert(kQueries == kQueryGroup || (HWY_TARGET <= HWY_AVX3 && kQueries <= 6));
   const size_t N = hn::Lanes(DF());
   size_t c = 0;
 #if HWY_TARGET <= HWY_AVX3
-  // Four chunks at a time where there are 32 registers (AVX-512): 16 accumulators + 4 values + a
-  // probability, so each broadcast probability feeds four FMAs instead of two (f16 decode
-  // 0.95-0.96x the time; f32 the same).
+  // Four chunks at a time where there are 32 registers (AVX-512): up to 24 accumulators + 4
+  // values + a probability, so each broadcast probability feeds four FMAs instead of two (f16
+  // decode 0.95-0.96x the time; f32 the same).
   for (; c + 4 * N <= D; c += 4 * N) {
-    ValueChunks<kQueryGroup, 4, kSplit>(p, t_pad, values, n_keys, D, c, acc, lead);
+    ValueChunks<kQueries, 4, kSplit>(p, t_pad, values, n_keys, D, c, acc, lead);
   }
 #endif
   // Two chunks at a time: 8 accumulators + 2 values + 4 probabilities fit 16 registers.
   for (; c + 2 * N <= D; c += 2 * N) {
-    ValueChunks<kQueryGroup, 2, kSplit>(p, t_pad, values, n_keys, D, c, acc, lead);
+    ValueChunks<kQueries, 2, kSplit>(p, t_pad, values, n_keys, D, c, acc, lead);
   }
   if constexpr (!kSplit) {  // kSplit's D is a multiple of 2N.
     // One chunk left (head dim 80 on AVX-512), summed as a vector: GQA 4 decode with head dim
@@ -350,14 +353,14 @@ HWY_INLINE void Values4(const float* HWY_RESTRICT p, size_t t_pad, const T* HWY_
     // (which had taken more than the other 64), and now reads as many bytes/s as head dim 96
     // for f32 and f16, 0.80x for bf16 (widened without the split).
     if (c + N <= D) {
-      ValueChunks<kQueryGroup, 1, false>(p, t_pad, values, n_keys, D, c, acc, lead);
+      ValueChunks<kQueries, 1, false>(p, t_pad, values, n_keys, D, c, acc, lead);
       c += N;
     }
   }
   for (; c < D; ++c) {  // Dims past the last whole vector.
     for (size_t t = 0; t < n_keys; ++t) {
       const float v = ScalarToF32(values[t * D + c]);
-      for (size_t j = 0; j < kQueryGroup; ++j) acc[j * D + c] += p[j * t_pad + t] * v;
+      for (size_t j = 0; j < kQueries; ++j) acc[j * D + c] += p[j * t_pad + t] * v;
     }
   }
 }
@@ -365,9 +368,9 @@ HWY_INLINE void Values4(const float* HWY_RESTRICT p, size_t t_pad, const T* HWY_
 #if HWY_TARGET <= HWY_AVX3
 // acc[j] += sum_t p[j][t] * V[t] for eight queries (two groups of four; D a multiple of 2N),
 // where there are 32 registers: two chunks at a time feed 16 accumulators, so each key's V is
-// widened (and read from L1) once for the eight, where two Values4 do it once per group.
-// Prefetches as Values4. GQA 8 decode on Emerald Rapids, one thread, 1 x 2,048, calls
-// alternated in one process, against two Values4: bf16 0.94-0.97x the time, f16 0.94x, f32
+// widened (and read from L1) once for the eight, where two ValuesOf<4> do it once per group.
+// Prefetches as ValuesOf. GQA 8 decode on Emerald Rapids, one thread, 1 x 2,048, calls
+// alternated in one process, against two ValuesOf<4>: bf16 0.94-0.97x the time, f16 0.94x, f32
 // 0.91-0.93x (f32 has nothing to widen: its gain is the second read of V).
 template <bool kSplit, typename T>
 HWY_INLINE void Values8(const float* HWY_RESTRICT p, size_t t_pad, const T* HWY_RESTRICT values,
@@ -406,7 +409,7 @@ HWY_INLINE void Scores1(const float* HWY_RESTRICT q, const T* HWY_RESTRICT keys,
   }
 }
 
-// One query: acc += sum_t p[t] * V[t], four chunks at a time; kSplit and lead as Values4.
+// One query: acc += sum_t p[t] * V[t], four chunks at a time; kSplit and lead as ValuesOf.
 template <bool kSplit, typename T>
 HWY_INLINE void Values1(const float* HWY_RESTRICT p, const T* HWY_RESTRICT values, size_t n_keys,
                         size_t D, float* HWY_RESTRICT acc, const T* lead) {
@@ -558,7 +561,7 @@ HWY_INLINE void Scores2(const float* HWY_RESTRICT q, const T* HWY_RESTRICT keys,
 }
 
 // acc[j] += sum_t p[j][t] * V[t] for two queries, on AVX-512: eight chunks at a time feed 16
-// accumulators, so each V chunk is widened once for both. kSplit and lead as Values4.
+// accumulators, so each V chunk is widened once for both. kSplit and lead as ValuesOf.
 template <bool kSplit, typename T>
 HWY_INLINE void Values2(const float* HWY_RESTRICT p, size_t t_pad, const T* HWY_RESTRICT values,
                         size_t n_keys, size_t D, float* HWY_RESTRICT acc, const T* lead) {
@@ -570,7 +573,7 @@ HWY_INLINE void Values2(const float* HWY_RESTRICT p, size_t t_pad, const T* HWY_
   for (; c + 2 * N <= D; c += 2 * N) {
     ValueChunks<2, 2, kSplit>(p, t_pad, values, n_keys, D, c, acc, lead);
   }
-  if constexpr (!kSplit) {  // As Values4.
+  if constexpr (!kSplit) {  // As ValuesOf.
     if (c + N <= D) {
       ValueChunks<2, 1, false>(p, t_pad, values, n_keys, D, c, acc, lead);
       c += N;

@@ -190,6 +190,29 @@ TEST(AttentionTest, MatchesReferenceEverywhere) {
               worst[2]);
 }
 
+// The GQA ratios between the sweep's 1, 2, 4 and 8, each of which takes its own mix of query
+// paths: 3 and 7 (padded to 4 and 8), 5 and 6 (a group of four and one or two after it, whose
+// values are summed in one pass on AVX-512), decode and two query rows.
+TEST(AttentionTest, OtherGqaRatiosMatchReference) {
+  ForEachTarget([&] {
+    for (int32_t group : {3, 5, 6, 7}) {
+      for (int32_t head_dim : {64, 80, 128}) {
+        for (DType dtype : {DType::kF32, DType::kBF16, DType::kF16}) {
+          Case c;
+          c.head_dim = head_dim;
+          c.block_size = 16;
+          c.group = group;
+          c.dtype = dtype;
+          c.lengths = {1, 17, 100};
+          c.q_lens = {1, 1, 2};
+          ASSERT_LE(RunCase(c, static_cast<uint64_t>(group * 1000 + head_dim)), Tolerance(dtype))
+              << "group " << group << " head_dim " << head_dim << " " << DTypeName(dtype);
+        }
+      }
+    }
+  });
+}
+
 TEST(AttentionTest, SlidingWindowAndSoftCap) {
   ForEachTarget([&] {
     for (int32_t window : {1, 5, 40}) {
