@@ -349,7 +349,7 @@ HWY_INLINE void ValuesOf(const float* HWY_RESTRICT p, size_t t_pad, const T* HWY
   }
   if constexpr (!kSplit) {  // kSplit's D is a multiple of 2N.
     // One chunk left (head dim 80 on AVX-512), summed as a vector: GQA 4 decode with head dim
-    // 80, 1 x 2,048, one thread, took 0.24-0.36x the time of a scalar loop over those 16 dims
+    // 80, 1 x 2,048, one thread, took 0.21-0.36x the time of a scalar loop over those 16 dims
     // (which had taken more than the other 64), and now reads as many bytes/s as head dim 96
     // for f32 and f16, 0.80x for bf16 (widened without the split).
     if (c + N <= D) {
