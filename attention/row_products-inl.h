@@ -467,9 +467,10 @@ HWY_INLINE void Values1(const float* HWY_RESTRICT p, const T* HWY_RESTRICT value
 // accumulators), and the 16 dot products are summed by one transpose: per accumulator the lanes
 // of each 128-bit block (BlockSumsOfFour), then the blocks, 45 vector ops, which leave each
 // query's eight scores in one half for a 256-bit store (in place of 16 scalar stores: GQA 2
-// decode, 1 x 2,048, one thread, calls alternated in one process, 0.90-0.99x the time over the
-// three dtypes). The rows kLeadRows on (fetch_k, fetch_v; null: none) are prefetched a slice per
-// pass, as ScoresOfKeys.
+// decode, 1 x 2,048, one thread, calls alternated in one process, over the three dtypes and two
+// runs: 0.92-1.00x the time of the fastest call, 0.88-1.04x the median, where GQA 4, which
+// does not come here, measured 0.93-1.00x). The rows kLeadRows on (fetch_k, fetch_v; null:
+// none) are prefetched a slice per pass, as ScoresOfKeys.
 template <bool kSplit, typename T>
 HWY_INLINE void ScoresOfEightKeys2(const float* HWY_RESTRICT q, const T* HWY_RESTRICT k, size_t D,
                                    float* HWY_RESTRICT scores, size_t t_pad, const T* fetch_k,
