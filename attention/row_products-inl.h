@@ -469,7 +469,7 @@ HWY_INLINE void Values1(const float* HWY_RESTRICT p, const T* HWY_RESTRICT value
 // query's eight scores in one half for a 256-bit store (in place of 16 scalar stores: GQA 2
 // decode, 1 x 2,048, one thread, calls alternated in one process, over the three dtypes and two
 // runs: 0.92-1.00x the time of the fastest call, 0.88-1.04x the median, where GQA 4, which
-// does not come here, measured 0.93-1.00x). The rows kLeadRows on (fetch_k, fetch_v; null:
+// does not come here, measured 0.99-1.00x). The rows kLeadRows on (fetch_k, fetch_v; null:
 // none) are prefetched a slice per pass, as ScoresOfKeys.
 template <bool kSplit, typename T>
 HWY_INLINE void ScoresOfEightKeys2(const float* HWY_RESTRICT q, const T* HWY_RESTRICT k, size_t D,
