@@ -63,8 +63,8 @@ namespace hn = hwy::HWY_NAMESPACE;
 constexpr int64_t kLeadRows = 16;
 
 // kDot: bf16 pages through vdpbf16ps (bf16_dot-inl.h), in groups of four queries (padded);
-// otherwise K and V are widened to f32 in registers. kSplit (bf16, head_dim a multiple of 2N):
-// widened by LoadPairF32's split, with queries and accumulators in its dim order.
+// otherwise K and V are widened to f32 in registers. kSplit (bf16): widened by LoadPairF32's
+// split, with queries and accumulators in its dim order (SplitDims).
 template <typename T, bool kDot, bool kSplit = false>
 void AttendItemT(const KernelArgs& a, const WorkItem& it) {
   const DF df;
@@ -119,16 +119,7 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
     for (int64_t g = 0; g < G; ++g) {
       const float* src = QueryOf(a, it, r, g);
       float* dst = s.q.data() + static_cast<size_t>(r * G + g) * D;
-      if constexpr (kSplit) {
-        for (size_t c = 0; c < D; c += 2 * N) {
-          for (size_t i = 0; i < N; ++i) {
-            dst[c + i] = src[c + 2 * i] * a.scale;
-            dst[c + N + i] = src[c + 2 * i + 1] * a.scale;
-          }
-        }
-      } else {
-        for (size_t d = 0; d < D; ++d) dst[d] = src[d] * a.scale;
-      }
+      PairOrder<kSplit>(src, D, a.scale, dst);
     }
   }
   // The groups of four queries as RotateQueries lays them out, each in 4 * D floats, for the

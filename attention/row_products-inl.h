@@ -204,7 +204,7 @@ HWY_INLINE void ScoresOfKeys(const float* HWY_RESTRICT q, const float* HWY_RESTR
     const size_t off = kKeys * c * sizeof(T);
     PrefetchRows(BytesAhead(fetch_k, off), BytesAhead(fetch_v, off), lead_bytes - off);
   }
-  for (; c < full; c += N) {  // Not with kSplit, whose D is a multiple of 2N.
+  for (; c < full; c += N) {  // Past the whole pairs: in natural order (SplitDims).
     hn::Vec<DF> kc[kKeys];
     for (size_t i = 0; i < kKeys; ++i) kc[i] = LoadF32(k + i * D + c);
     for (size_t g = 0; g < kGroups; ++g) {
@@ -347,15 +347,12 @@ HWY_INLINE void ValuesOf(const float* HWY_RESTRICT p, size_t t_pad, const T* HWY
   for (; c + 2 * N <= D; c += 2 * N) {
     ValueChunks<kQueries, 2, kSplit>(p, t_pad, values, n_keys, D, c, acc, lead);
   }
-  if constexpr (!kSplit) {  // kSplit's D is a multiple of 2N.
-    // One chunk left (head dim 80 on AVX-512), summed as a vector: GQA 4 decode with head dim
-    // 80, 1 x 2,048, one thread, took 0.21-0.36x the time of a scalar loop over those 16 dims
-    // (which had taken more than the other 64), and now reads as many bytes/s as head dim 96
-    // for f32 and f16, 0.80x for bf16 (widened without the split).
-    if (c + N <= D) {
-      ValueChunks<kQueries, 1, false>(p, t_pad, values, n_keys, D, c, acc, lead);
-      c += N;
-    }
+  // One chunk left (head dim 80 on AVX-512), in natural order also with kSplit (SplitDims),
+  // summed as a vector: GQA 4 decode with head dim 80, 1 x 2,048, one thread, took 0.21-0.36x
+  // the time of a scalar loop over those 16 dims (which had taken more than the other 64).
+  if (c + N <= D) {
+    ValueChunks<kQueries, 1, false>(p, t_pad, values, n_keys, D, c, acc, lead);
+    c += N;
   }
   for (; c < D; ++c) {  // Dims past the last whole vector.
     for (size_t t = 0; t < n_keys; ++t) {
@@ -449,7 +446,7 @@ HWY_INLINE void Values1(const float* HWY_RESTRICT p, const T* HWY_RESTRICT value
     hn::StoreU(a0, df, acc + c);
     hn::StoreU(a1, df, acc + c + N);
   }
-  for (; c + N <= D; c += N) {  // Not with kSplit, whose D is a multiple of 2N.
+  for (; c + N <= D; c += N) {  // As ValuesOf.
     auto a0 = hn::LoadU(df, acc + c);
     for (size_t t = 0; t < n_keys; ++t) {
       a0 = hn::MulAdd(hn::Set(df, p[t]), LoadF32(values + t * D + c), a0);
@@ -501,7 +498,7 @@ HWY_INLINE void ScoresOfEightKeys2(const float* HWY_RESTRICT q, const T* HWY_RES
     const size_t off = kKeys * c * sizeof(T);
     PrefetchRows(BytesAhead(fetch_k, off), BytesAhead(fetch_v, off), lead_bytes - off);
   }
-  for (; c < full; c += N) {  // Not with kSplit, whose D is a multiple of 2N.
+  for (; c < full; c += N) {  // Past the whole pairs: in natural order (SplitDims).
     const auto q0 = hn::LoadU(df, q + c), q1 = hn::LoadU(df, q + D + c);
     for (size_t i = 0; i < kKeys; ++i) {
       const auto kc = LoadF32(k + i * D + c);
@@ -574,11 +571,9 @@ HWY_INLINE void Values2(const float* HWY_RESTRICT p, size_t t_pad, const T* HWY_
   for (; c + 2 * N <= D; c += 2 * N) {
     ValueChunks<2, 2, kSplit>(p, t_pad, values, n_keys, D, c, acc, lead);
   }
-  if constexpr (!kSplit) {  // As ValuesOf.
-    if (c + N <= D) {
-      ValueChunks<2, 1, false>(p, t_pad, values, n_keys, D, c, acc, lead);
-      c += N;
-    }
+  if (c + N <= D) {  // As ValuesOf.
+    ValueChunks<2, 1, false>(p, t_pad, values, n_keys, D, c, acc, lead);
+    c += N;
   }
   for (; c < D; ++c) {  // Dims past the last whole vector.
     for (size_t t = 0; t < n_keys; ++t) {

@@ -16,6 +16,7 @@
 
 #include "attention/bf16_dot-inl.h"
 #include "attention/kernel_args.h"
+#include "attention/widen-inl.h"
 #include "hwy/highway.h"
 #include "pagedkv/view.h"
 
@@ -83,7 +84,6 @@ HWY_INLINE void ForEachMaskedKey(const KernelArgs& a, const ItemSpan& span, int6
 template <bool kDot, bool kSplit>
 void WriteRows(const KernelArgs& a, const WorkItem& it, const float* HWY_RESTRICT acc_all,
                size_t acc_stride, const float* HWY_RESTRICT m, const float* HWY_RESTRICT l) {
-  const size_t N = hn::Lanes(hn::ScalableTag<float>());
   const size_t D = static_cast<size_t>(a.view.head_dim);
   const int64_t G = a.group;
   const int64_t q_base = a.q_offsets[it.seq];
@@ -105,15 +105,8 @@ void WriteRows(const KernelArgs& a, const WorkItem& it, const float* HWY_RESTRIC
       }
       if constexpr (kDot) {
         StoreDotValues(acc, D, scale, dst);
-      } else if constexpr (kSplit) {
-        for (size_t c = 0; c < D; c += 2 * N) {
-          for (size_t i = 0; i < N; ++i) {
-            dst[c + 2 * i] = acc[c + i] * scale;
-            dst[c + 2 * i + 1] = acc[c + N + i] * scale;
-          }
-        }
       } else {
-        for (size_t d = 0; d < D; ++d) dst[d] = acc[d] * scale;
+        NaturalOrder<kSplit>(acc, D, scale, dst);
       }
     }
   }
