@@ -2,16 +2,19 @@
 // every run ends with the goal ratios of the benchmarks it ran (on stderr).
 #include <unistd.h>
 
+#include <cstdint>
 #include <cstring>
 #include <iostream>
 #include <memory>
 #include <string>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/string_view.h"
 #include "absl/strings/strip.h"
 #include "bench/goals.h"
 #include "benchmark/benchmark.h"
+#include "hwy/targets.h"
 
 namespace {
 
@@ -50,9 +53,46 @@ std::unique_ptr<benchmark::BenchmarkReporter> DisplayReporter(int argc, char** a
       static_cast<benchmark::ConsoleReporter::OutputOptions>(options));
 }
 
+// --pagedkv_target=NAME: limits Highway's dispatch to the target of that name (as
+// hwy::TargetName spells it: AVX3_DL, AVX3, AVX2, SSE4, ...; any case), of those this CPU runs and
+// the binary holds, so that the kernels a narrower CPU would run are measured on this one (the
+// streaming-read and FMA baselines run on it too). Taken out of argv, as benchmark::Initialize
+// would reject it. Returns false, having said why, for a name not among them.
+bool LimitTargets(int* argc, char** argv) {
+  constexpr absl::string_view kFlag = "--pagedkv_target=";
+  std::string wanted;
+  int kept = 1;
+  for (int i = 1; i < *argc; ++i) {
+    absl::string_view arg = argv[i];
+    if (absl::ConsumePrefix(&arg, kFlag)) {
+      wanted = absl::AsciiStrToUpper(arg);
+    } else {
+      argv[kept++] = argv[i];
+    }
+  }
+  *argc = kept;
+  if (wanted.empty()) return true;
+  std::string available;
+  for (int64_t target : hwy::SupportedAndGeneratedTargets()) {
+    if (hwy::TargetName(target) == wanted) {
+      hwy::SetSupportedTargetsForTest(target);
+      return true;
+    }
+    available += std::string(available.empty() ? "" : ", ") + hwy::TargetName(target);
+  }
+  std::cerr << "pagedkv_bench: --pagedkv_target=" << wanted
+            << " is not a target this CPU runs and this binary holds; those are: " << available
+            << "\n";
+  return false;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (!LimitTargets(&argc, argv)) return 1;
+  // The best of the targets left is the one dispatched to; JSON output records it.
+  benchmark::AddCustomContext("pagedkv_target",
+                              hwy::TargetName(hwy::SupportedAndGeneratedTargets().front()));
   std::unique_ptr<benchmark::BenchmarkReporter> display = DisplayReporter(argc, argv);
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
