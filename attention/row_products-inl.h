@@ -162,11 +162,16 @@ HWY_INLINE void FinishRotatedScores(const float* HWY_RESTRICT q, const T* HWY_RE
 // prefetched a slice per pass of the dims loop, not in one burst: with two keys, perf sampling
 // put 17% of bf16 decode's time on the burst's prefetches (waiting for miss buffers), though
 // spreading them measured no faster by itself.
-template <size_t kKeys, size_t kGroups, bool kSplit, bool kRotated, typename T>
+//
+// kExtra = 1 (one group, four keys): also the query after the group (q + 4 * D; GQA 5's fifth)
+// against the same keys, into the scores row after the group's, so each key chunk widened feeds
+// it too (20 accumulators; two queries after the group, 24, measured slower: see AttendItemT).
+template <size_t kKeys, size_t kGroups, bool kSplit, bool kRotated, size_t kExtra = 0, typename T>
 HWY_INLINE void ScoresOfKeys(const float* HWY_RESTRICT q, const float* HWY_RESTRICT rot,
                              const T* HWY_RESTRICT k, size_t D, float* HWY_RESTRICT scores,
                              size_t t_pad, const T* fetch_k, const T* fetch_v) {
   static_assert(kGroups == 1 || kRotated);
+  static_assert(kExtra == 0 || (kGroups == 1 && kKeys == 4 && kExtra == 1));
   const DF df;
   const size_t N = hn::Lanes(df);
   const size_t full = D / N * N;
@@ -181,6 +186,12 @@ HWY_INLINE void ScoresOfKeys(const float* HWY_RESTRICT q, const float* HWY_RESTR
   hn::Vec<DF> a[kAcc][kQueryGroup];
   for (size_t v = 0; v < kAcc; ++v) {
     for (size_t j = 0; j < kQueryGroup; ++j) a[v][j] = hn::Zero(df);
+  }
+  // e[x][i]: key i against extra query x.
+  const float* HWY_RESTRICT extra = q + kQueryGroup * D;
+  hn::Vec<DF> e[kExtra + 1][kKeys];
+  for (size_t x = 0; x < kExtra; ++x) {
+    for (size_t i = 0; i < kKeys; ++i) e[x][i] = hn::Zero(df);
   }
   size_t c = 0;
   for (; c + 2 * N <= full; c += 2 * N) {
@@ -199,6 +210,13 @@ HWY_INLINE void ScoresOfKeys(const float* HWY_RESTRICT q, const float* HWY_RESTR
         for (size_t i = 0; i < kKeys; ++i) ag[i][j] = hn::MulAdd(qhi, hi[i], ag[i][j]);
       }
     }
+    for (size_t x = 0; x < kExtra; ++x) {
+      const auto xlo = hn::LoadU(df, extra + x * D + c);
+      const auto xhi = hn::LoadU(df, extra + x * D + c + N);
+      for (size_t i = 0; i < kKeys; ++i) {
+        e[x][i] = hn::MulAdd(xhi, hi[i], hn::MulAdd(xlo, lo[i], e[x][i]));
+      }
+    }
   }
   if (fetch_k != nullptr && kKeys * c * sizeof(T) < lead_bytes) {
     const size_t off = kKeys * c * sizeof(T);
@@ -214,6 +232,18 @@ HWY_INLINE void ScoresOfKeys(const float* HWY_RESTRICT q, const float* HWY_RESTR
         for (size_t i = 0; i < kKeys; ++i) ag[i][j] = hn::MulAdd(qj, kc[i], ag[i][j]);
       }
     }
+    for (size_t x = 0; x < kExtra; ++x) {
+      const auto xc = hn::LoadU(df, extra + x * D + c);
+      for (size_t i = 0; i < kKeys; ++i) e[x][i] = hn::MulAdd(xc, kc[i], e[x][i]);
+    }
+  }
+  for (size_t x = 0; x < kExtra; ++x) {
+    float sums[4];
+    SumOfFour(e[x][0], e[x][1], e[x][2], e[x][3], sums);
+    for (size_t i = 0; i < kKeys; ++i) {
+      for (size_t d = full; d < D; ++d) sums[i] += extra[x * D + d] * ScalarToF32(k[i * D + d]);
+      scores[(kQueryGroup + x) * t_pad + i] = sums[i];
+    }
   }
   if constexpr (kRotated) {
     static_assert(kAcc == 4 && HWY_TARGET <= HWY_AVX3);
@@ -227,17 +257,49 @@ HWY_INLINE void ScoresOfKeys(const float* HWY_RESTRICT q, const float* HWY_RESTR
   }
 }
 
+// One query: scores[t] = q . K[t], two accumulators so the FMAs overlap. Prefetches as Scores4;
+// kSplit as there.
+template <bool kSplit, typename T>
+HWY_INLINE void Scores1(const float* HWY_RESTRICT q, const T* HWY_RESTRICT keys, size_t n_keys,
+                        size_t D, float* HWY_RESTRICT scores, const T* lead_k, const T* lead_v) {
+  const DF df;
+  const size_t N = hn::Lanes(df);
+  for (size_t t = 0; t < n_keys; ++t) {
+    if (lead_k != nullptr) {
+      PrefetchRows(lead_k + t * D, BytesAhead(lead_v, t * D * sizeof(T)), D * sizeof(T));
+    }
+    const T* HWY_RESTRICT k = keys + t * D;
+    auto a0 = hn::Zero(df), a1 = hn::Zero(df);
+    size_t c = 0;
+    for (; c + 2 * N <= D; c += 2 * N) {
+      hn::Vec<DF> klo, khi;
+      LoadPairF32<kSplit>(k + c, klo, khi);
+      a0 = hn::MulAdd(hn::LoadU(df, q + c), klo, a0);
+      a1 = hn::MulAdd(hn::LoadU(df, q + c + N), khi, a1);
+    }
+    for (; c + N <= D; c += N) a0 = hn::MulAdd(hn::LoadU(df, q + c), LoadF32(k + c), a0);
+    float sum = hn::GetLane(hn::SumOfLanes(df, hn::Add(a0, a1)));
+    for (; c < D; ++c) sum += q[c] * ScalarToF32(k[c]);
+    scores[t] = sum;
+  }
+}
+
 // scores[j][t] = q[j] . K[t] for the four queries of group q (rows of `scores` are t_pad long).
 // K rows are read from the page in the storage dtype and widened in registers, once per group
 // (kSplit: see LoadPairF32; the queries' dims are then split the same way). Row t of lead_k and
 // lead_v (the rows kLeadRows positions on; null for none) is prefetched with row t. rot: the
 // group as RotateQueries lays it out, for the four-key passes (AVX-512; else unused).
-template <bool kSplit, typename T>
+//
+// kExtra: also the query after the group (q + 4 * D) into the row after the group's, in the
+// four-key passes with each key chunk widened once for the five (ScoresOfKeys), the other keys
+// one query at a time (Scores1).
+template <bool kSplit, size_t kExtra = 0, typename T>
 HWY_INLINE void Scores4(const float* HWY_RESTRICT q, const float* HWY_RESTRICT rot,
                         const T* HWY_RESTRICT keys, size_t n_keys, size_t D,
                         float* HWY_RESTRICT scores, size_t t_pad, const T* lead_k,
                         const T* lead_v) {
   size_t t = 0;
+  [[maybe_unused]] size_t extra_done = 0;  // kExtra: keys scored against the extra query.
   if constexpr (!std::is_same_v<T, float>) {
     // 16-bit pages: several keys per pass (f16 decode, two keys: 0.92-0.94x the time of one;
     // f32 pages, whose key loads are twice as wide, measured 1.07x). Four where there are 32
@@ -245,9 +307,10 @@ HWY_INLINE void Scores4(const float* HWY_RESTRICT q, const float* HWY_RESTRICT r
     // 0.88x the time of two keys in L2, 0.95x in L3.
 #if HWY_TARGET <= HWY_AVX3
     for (; t + 4 <= n_keys; t += 4) {
-      ScoresOfKeys<4, 1, kSplit, true>(q, rot, keys + t * D, D, scores + t, t_pad,
-                                       RowAhead(lead_k, t, D), RowAhead(lead_v, t, D));
+      ScoresOfKeys<4, 1, kSplit, true, kExtra>(q, rot, keys + t * D, D, scores + t, t_pad,
+                                               RowAhead(lead_k, t, D), RowAhead(lead_v, t, D));
     }
+    extra_done = t;
 #endif
     for (; t + 2 <= n_keys; t += 2) {
       ScoresOfKeys<2, 1, kSplit, false>(q, rot, keys + t * D, D, scores + t, t_pad,
@@ -257,6 +320,11 @@ HWY_INLINE void Scores4(const float* HWY_RESTRICT q, const float* HWY_RESTRICT r
   for (; t < n_keys; ++t) {
     ScoresOfKeys<1, 1, kSplit, false>(q, rot, keys + t * D, D, scores + t, t_pad,
                                       RowAhead(lead_k, t, D), RowAhead(lead_v, t, D));
+  }
+  for (size_t x = 0; x < kExtra && extra_done < n_keys; ++x) {
+    Scores1<kSplit>(q + (kQueryGroup + x) * D, keys + extra_done * D, n_keys - extra_done, D,
+                    scores + (kQueryGroup + x) * t_pad + extra_done, static_cast<const T*>(nullptr),
+                    static_cast<const T*>(nullptr));
   }
 }
 
@@ -378,33 +446,6 @@ HWY_INLINE void Values8(const float* HWY_RESTRICT p, size_t t_pad, const T* HWY_
   }
 }
 #endif
-
-// One query: scores[t] = q . K[t], two accumulators so the FMAs overlap. Prefetches as Scores4;
-// kSplit as there.
-template <bool kSplit, typename T>
-HWY_INLINE void Scores1(const float* HWY_RESTRICT q, const T* HWY_RESTRICT keys, size_t n_keys,
-                        size_t D, float* HWY_RESTRICT scores, const T* lead_k, const T* lead_v) {
-  const DF df;
-  const size_t N = hn::Lanes(df);
-  for (size_t t = 0; t < n_keys; ++t) {
-    if (lead_k != nullptr) {
-      PrefetchRows(lead_k + t * D, BytesAhead(lead_v, t * D * sizeof(T)), D * sizeof(T));
-    }
-    const T* HWY_RESTRICT k = keys + t * D;
-    auto a0 = hn::Zero(df), a1 = hn::Zero(df);
-    size_t c = 0;
-    for (; c + 2 * N <= D; c += 2 * N) {
-      hn::Vec<DF> klo, khi;
-      LoadPairF32<kSplit>(k + c, klo, khi);
-      a0 = hn::MulAdd(hn::LoadU(df, q + c), klo, a0);
-      a1 = hn::MulAdd(hn::LoadU(df, q + c + N), khi, a1);
-    }
-    for (; c + N <= D; c += N) a0 = hn::MulAdd(hn::LoadU(df, q + c), LoadF32(k + c), a0);
-    float sum = hn::GetLane(hn::SumOfLanes(df, hn::Add(a0, a1)));
-    for (; c < D; ++c) sum += q[c] * ScalarToF32(k[c]);
-    scores[t] = sum;
-  }
-}
 
 // One query: acc += sum_t p[t] * V[t], four chunks at a time; kSplit and lead as ValuesOf.
 template <bool kSplit, typename T>
