@@ -16,7 +16,7 @@
 //     padded to a group, and two take a pair path (Scores2, Values2: eight keys against the
 //     pair); V rows (and f16 K rows) are widened once per two groups (eight queries: GQA 8, or
 //     GQA 4 with two query rows), Values8 and Scores8, and V rows once for a group and the one
-//     or two queries after it (GQA 5 and 6, ValuesOf<5> and ValuesOf<6>), and on AVX-512 K rows
+//     or two queries after it (GQA 5 and 6, ValuesOf<5> and ValuesOf<6>), and K rows
 //     once for a group and the query after it (GQA 5, Scores4<kSplit, 1>).
 // K rows kLeadRows positions ahead are prefetched, row for row, while keys are scored, and V rows
 // while values are summed, across page boundaries: the hardware prefetcher does not follow a jump
