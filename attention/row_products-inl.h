@@ -188,7 +188,7 @@ HWY_INLINE void ScoresOfKeys(const float* HWY_RESTRICT q, const float* HWY_RESTR
     for (size_t j = 0; j < kQueryGroup; ++j) a[v][j] = hn::Zero(df);
   }
   // e[x][i]: key i against extra query x.
-  const float* HWY_RESTRICT extra = q + kQueryGroup * D;
+  const float* HWY_RESTRICT extra = kExtra > 0 ? q + kQueryGroup * D : nullptr;
   hn::Vec<DF> e[kExtra + 1][kKeys];
   for (size_t x = 0; x < kExtra; ++x) {
     for (size_t i = 0; i < kKeys; ++i) e[x][i] = hn::Zero(df);
