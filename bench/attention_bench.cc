@@ -318,7 +318,7 @@ BENCHMARK(BM_DecodeGqa)
 
 // Head dims of other models, GQA 4 (8 KV heads, 32 query heads), 1 x 2,048 from 16-token
 // shuffled pages, one thread, in each dtype: 64 (Llama-3.2-1B), 80 (Phi-2; on AVX-512 not a
-// multiple of 32, so bf16 is widened without the split and V's last 16 dims are one vector),
+// multiple of 32, so bf16 splits dims 0-63 only and the last 16 dims are one vector),
 // 96 (Phi-3), 128 (Llama-3) and 256 (Gemma). Bytes/s counts K/V bytes, as the decode rows.
 void BM_DecodeHeadDim(benchmark::State& state) {
   const Fixture f(1, 2048, DTypeArg(state.range(0)), true, kKvHeads, 1, 16, 1,
