@@ -120,7 +120,7 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
     for (int64_t g = 0; g < G; ++g) {
       const float* src = QueryOf(a, it, r, g);
       float* dst = s.q.data() + static_cast<size_t>(r * G + g) * D;
-      PairOrder<kSplit>(src, D, a.scale, dst);
+      ReorderDims<kSplit, true>(src, D, a.scale, dst);
     }
   }
   // The groups of four queries as RotateQueries lays them out, each in 4 * D floats, for the

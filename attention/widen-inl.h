@@ -65,37 +65,25 @@ HWY_INLINE void LoadPairF32(const T* HWY_RESTRICT p, hn::Vec<DF>& lo, hn::Vec<DF
 // Row dims in LoadPairF32<kSplit>'s order, so that queries and accumulators line up with the
 // widened K and V: with kSplit, each whole 2N dims' even dims, then its odd ones; the dims past
 // the last whole 2N (head dim 80 on AVX-512: dims 64-79) stay in their order, as the kernels
-// widen those a vector or a dim at a time. PairOrder writes out = scale * in in that order;
-// NaturalOrder undoes it.
+// widen those a vector or a dim at a time.
 template <bool kSplit>
 HWY_INLINE size_t SplitDims(size_t D) {
   const size_t pair = 2 * hn::Lanes(DF());
   return kSplit ? D / pair * pair : 0;
 }
 
-template <bool kSplit>
-HWY_INLINE void PairOrder(const float* HWY_RESTRICT in, size_t D, float scale,
-                          float* HWY_RESTRICT out) {
+// out = scale * in, from natural order into SplitDims' (kToPairs) or back.
+template <bool kSplit, bool kToPairs>
+HWY_INLINE void ReorderDims(const float* HWY_RESTRICT in, size_t D, float scale,
+                            float* HWY_RESTRICT out) {
   const size_t N = hn::Lanes(DF());
   const size_t split = SplitDims<kSplit>(D);
   for (size_t c = 0; c < split; c += 2 * N) {
     for (size_t i = 0; i < N; ++i) {
-      out[c + i] = in[c + 2 * i] * scale;
-      out[c + N + i] = in[c + 2 * i + 1] * scale;
-    }
-  }
-  for (size_t d = split; d < D; ++d) out[d] = in[d] * scale;
-}
-
-template <bool kSplit>
-HWY_INLINE void NaturalOrder(const float* HWY_RESTRICT in, size_t D, float scale,
-                             float* HWY_RESTRICT out) {
-  const size_t N = hn::Lanes(DF());
-  const size_t split = SplitDims<kSplit>(D);
-  for (size_t c = 0; c < split; c += 2 * N) {
-    for (size_t i = 0; i < N; ++i) {
-      out[c + 2 * i] = in[c + i] * scale;
-      out[c + 2 * i + 1] = in[c + N + i] * scale;
+      for (size_t odd = 0; odd < 2; ++odd) {
+        const size_t natural = c + 2 * i + odd, paired = c + odd * N + i;
+        out[kToPairs ? paired : natural] = in[kToPairs ? natural : paired] * scale;
+      }
     }
   }
   for (size_t d = split; d < D; ++d) out[d] = in[d] * scale;

@@ -106,7 +106,7 @@ void WriteRows(const KernelArgs& a, const WorkItem& it, const float* HWY_RESTRIC
       if constexpr (kDot) {
         StoreDotValues(acc, D, scale, dst);
       } else {
-        NaturalOrder<kSplit>(acc, D, scale, dst);
+        ReorderDims<kSplit, false>(acc, D, scale, dst);
       }
     }
   }
