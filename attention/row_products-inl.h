@@ -436,13 +436,14 @@ HWY_INLINE void ValuesOf(const float* HWY_RESTRICT p, size_t t_pad, const T* HWY
 // widened (and read from L1) once for the eight, where two ValuesOf<4> do it once per group.
 // Prefetches as ValuesOf. GQA 8 decode on Emerald Rapids, one thread, 1 x 2,048, calls
 // alternated in one process, against two ValuesOf<4>: bf16 0.94-0.97x the time, f16 0.94x, f32
-// 0.91-0.93x (f32 has nothing to widen: its gain is the second read of V).
-template <bool kSplit, typename T>
+// 0.91-0.93x (f32 has nothing to widen: its gain is the second read of V). kQueries = 7: the
+// first seven only (GQA 7, whose eighth slot is padding).
+template <bool kSplit, size_t kQueries = 2 * kQueryGroup, typename T>
 HWY_INLINE void Values8(const float* HWY_RESTRICT p, size_t t_pad, const T* HWY_RESTRICT values,
                         size_t n_keys, size_t D, float* HWY_RESTRICT acc, const T* lead) {
   const size_t N = hn::Lanes(DF());
   for (size_t c = 0; c < D; c += 2 * N) {
-    ValueChunks<2 * kQueryGroup, 2, kSplit>(p, t_pad, values, n_keys, D, c, acc, lead);
+    ValueChunks<kQueries, 2, kSplit>(p, t_pad, values, n_keys, D, c, acc, lead);
   }
 }
 #endif
