@@ -244,7 +244,7 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
             // calls alternated in one process, against the group and then the fifth query on
             // its own: bf16 0.86-0.95x the time, f16 0.81-0.94x (f32, which scores a key at a
             // time, and GQA 4 do not come here: 0.95-1.10x as controls). The same with two
-            // queries after the group (GQA 6: 24 accumulators) took bf16 1.02-1.14x.
+            // queries after the group (GQA 6: 24 accumulators) took bf16 1.01-1.14x.
             Scores4<kSplit, 1>(q_all + j * D, rot, keys, n_part, D, scores_all + j * t_pad + col,
                                t_pad, fetch_k, lead_v);
             j = NQ;
