@@ -44,6 +44,10 @@ void AttendItem(const KernelArgs& args, const WorkItem& item) {
 HWY_AFTER_NAMESPACE();
 
 #if HWY_ONCE
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -79,6 +83,25 @@ bool CpuPrefersBf16Dot() {
   return false;
 #endif
 }
+
+bool CpuPrefersFarFetch() {
+#if defined(__x86_64__) || defined(__i386__)
+  static const bool zen4 = [] {
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    if (!__builtin_cpu_is("amd") || !__builtin_cpu_supports("avx512f") ||
+        __get_cpuid(1, &eax, &ebx, &ecx, &edx) == 0) {
+      return false;
+    }
+    // Family: the base family (bits 8-11) plus, where it is 0xF, the extended one (20-27).
+    const unsigned base = (eax >> 8) & 0xF;
+    const unsigned family = base == 0xF ? base + ((eax >> 20) & 0xFF) : base;
+    return family == 0x19;
+  }();
+  return zen4;
+#else
+  return false;
+#endif
+}
 }  // namespace internal
 
 namespace {
@@ -92,6 +115,10 @@ absl::Status Invalid(auto&&... parts) {
 
 bool KnownBf16Products(Bf16Products p) {
   return p == Bf16Products::kAuto || p == Bf16Products::kDot || p == Bf16Products::kWiden;
+}
+
+bool KnownPageFetch(PageFetch p) {
+  return p == PageFetch::kAuto || p == PageFetch::kNear || p == PageFetch::kFar;
 }
 
 absl::Status Validate(const PagedKvView& view, int32_t layer, int32_t num_q_heads,
@@ -137,11 +164,13 @@ absl::Status Validate(const PagedKvView& view, int32_t layer, int32_t num_q_head
   // soft_cap * tanh(x / soft_cap) is inf * 0 for an infinite cap: NaN logits.
   if (!std::isfinite(options.scale) || options.scale < 0 || options.sliding_window < 0 ||
       !(options.soft_cap >= 0) || !std::isfinite(options.soft_cap) || options.num_threads < 0 ||
-      options.min_partition_tokens < 1 || !KnownBf16Products(options.bf16_products)) {
+      options.min_partition_tokens < 1 || !KnownBf16Products(options.bf16_products) ||
+      !KnownPageFetch(options.page_fetch)) {
     return Invalid("attention: bad options (scale ", options.scale, ", sliding_window ",
                    options.sliding_window, ", soft_cap ", options.soft_cap, ", num_threads ",
                    options.num_threads, ", min_partition_tokens ", options.min_partition_tokens,
-                   ", bf16_products ", static_cast<int>(options.bf16_products), ")");
+                   ", bf16_products ", static_cast<int>(options.bf16_products), ", page_fetch ",
+                   static_cast<int>(options.page_fetch), ")");
   }
   return absl::OkStatus();
 }
@@ -177,6 +206,8 @@ absl::Status ExtendAttention(const PagedKvView& view, int32_t layer, int32_t num
                            ? internal::CpuHasBf16Dot()
                            : options.bf16_products == Bf16Products::kAuto &&
                                  internal::CpuPrefersBf16Dot();
+  args.fetch_far = options.page_fetch == PageFetch::kFar ||
+                   (options.page_fetch == PageFetch::kAuto && internal::CpuPrefersFarFetch());
   const int32_t threads = ThreadCount(options.num_threads);
 
   // Query rows are tiled so that a tile holds about 64 query vectors of one KV head.

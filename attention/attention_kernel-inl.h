@@ -20,7 +20,8 @@
 //     once for a group and the query after it (GQA 5, Scores4<kSplit, 1>).
 // K rows kLeadRows positions ahead are prefetched, row for row, while keys are scored, and V rows
 // while values are summed, across page boundaries: the hardware prefetcher does not follow a jump
-// to a scattered page, nor keep far enough ahead inside a large one.
+// to a scattered page, nor keep far enough ahead inside a large one. With PageFetch::kFar the same
+// rows of the pages a step ahead are fetched into L2 with them (far_bytes).
 
 #if defined(PAGEDKV_ATTENTION_KERNEL_INL_H_) == defined(HWY_TARGET_TOGGLE)
 #ifdef PAGEDKV_ATTENTION_KERNEL_INL_H_
@@ -190,6 +191,19 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
       }
     }
   };
+  // PageFetch::kFar: bytes from the lead rows of the part [p0, p1) of page b (in page tb; as
+  // lead_rows) to its own rows in the page a step ahead, which PrefetchRows fetches into L2 with
+  // them; 0 where there is none or the part runs past page b (a run read as one page, which
+  // the hardware prefetcher streams). The same for K and V: their pools lie a fixed distance
+  // apart (PagedKvView::Page).
+  const auto far_bytes = [&](int64_t b, int64_t p0, int64_t p1, int64_t tb) -> ptrdiff_t {
+    if (!a.fetch_far || b + ahead > last_page || tb > last_page || p1 > (b + 1) * bs) return 0;
+    const T* far = PageOf<T>(view, a.layer, false, table[b + ahead], it.kv_head) +
+                   static_cast<size_t>(p0 - b * bs) * D;
+    const T* lead_k = PageOf<T>(view, a.layer, false, table[tb], it.kv_head) +
+                      static_cast<size_t>(p0 + lead - tb * bs) * D;
+    return reinterpret_cast<const char*>(far) - reinterpret_cast<const char*>(lead_k);
+  };
   // Rows p0 + lead on of K or V, in page tb (null past the item's last page).
   const auto lead_rows = [&](bool v, int64_t tb, int64_t p0) -> const T* {
     return tb <= last_page ? PageOf<T>(view, a.layer, v, table[tb], it.kv_head) +
@@ -215,6 +229,7 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
       const size_t n_part = static_cast<size_t>(p1 - p0);
       const size_t col = static_cast<size_t>(p0 - t0);
       const T* lead_k = lead_rows(false, tb, p0);
+      const ptrdiff_t far_off = far_bytes(b, p0, p1, tb);
       if constexpr (kDot) {
         const auto bits = [](const T* p) { return reinterpret_cast<const uint16_t*>(p); };
         const T* values = PageOf<T>(view, a.layer, true, table[b], it.kv_head) + row0;
@@ -222,7 +237,7 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
         // DotSegment built field by field stalled on store forwarding, 1.04x the time in L3.)
         s.pages.push_back(DotSegment{bits(keys), bits(values), n_part, col, bits(lead_k),
                                      bits(lead_rows(true, tb, p0)), nullptr, bits(far_k),
-                                     bits(far_v)});
+                                     bits(far_v), far_off});
       } else {
         const T* lead_v = values_fetch_v ? nullptr : lead_rows(true, tb, p0);
         // Only the first query group prefetches: the others read the same rows.
@@ -231,7 +246,8 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
         if constexpr (std::is_same_v<T, hwy::float16_t>) {
           for (; j + 2 * kQueryGroup <= NQ4; j += 2 * kQueryGroup) {
             Scores8<kSplit>(q_all + j * D, rot_all + j * D, keys, n_part, D,
-                            scores_all + j * t_pad + col, t_pad, j == 0 ? lead_k : nullptr, lead_v);
+                            scores_all + j * t_pad + col, t_pad, j == 0 ? lead_k : nullptr, lead_v,
+                            far_off);
           }
         }
 #endif
@@ -246,23 +262,23 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
             // time, and GQA 4 do not come here: 0.95-1.10x as controls). The same with two
             // queries after the group (GQA 6: 24 accumulators) took bf16 1.01-1.14x.
             Scores4<kSplit, 1>(q_all + j * D, rot, keys, n_part, D, scores_all + j * t_pad + col,
-                               t_pad, fetch_k, lead_v);
+                               t_pad, fetch_k, lead_v, far_off);
             j = NQ;
             break;
           }
           Scores4<kSplit>(q_all + j * D, rot, keys, n_part, D, scores_all + j * t_pad + col, t_pad,
-                          fetch_k, lead_v);
+                          fetch_k, lead_v, far_off);
         }
 #if HWY_TARGET <= HWY_AVX3
         if (pair_rest && j < NQ) {
           Scores2<kSplit>(q_all + j * D, keys, n_part, D, scores_all + j * t_pad + col, t_pad,
-                          j == 0 ? lead_k : nullptr, lead_v);
+                          j == 0 ? lead_k : nullptr, lead_v, far_off);
           j += 2;
         }
 #endif
         for (; j < NQ; ++j) {  // From NQ4.
           Scores1<kSplit>(q_all + j * D, keys, n_part, D, scores_all + j * t_pad + col,
-                          j == 0 ? lead_k : nullptr, lead_v);
+                          j == 0 ? lead_k : nullptr, lead_v, far_off);
         }
       }
     });
@@ -339,6 +355,7 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
       const T* values = PageOf<T>(view, a.layer, true, table[b], it.kv_head) +
                         static_cast<size_t>(p0 - b * bs) * D;
       const T* lead_v = values_fetch_v ? lead_rows(true, tb, p0) : nullptr;
+      const ptrdiff_t far_off = far_bytes(b, p0, p1, tb);
       const size_t col = static_cast<size_t>(p0 - t0);
       const size_t n_part = static_cast<size_t>(p1 - p0);
       size_t j = 0;
@@ -352,9 +369,9 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
           // runs: bf16 0.95-1.01x the time, f16 0.93-1.00x, f32 0.92-1.03x (GQA 4: 0.98-1.01x).
           if (NQ - j == 2 * kQueryGroup - 1) {
             Values8<kSplit, 2 * kQueryGroup - 1>(pj, t_pad, values, n_part, D, acc_all + j * D,
-                                                 fetch);
+                                                 fetch, far_off);
           } else {
-            Values8<kSplit>(pj, t_pad, values, n_part, D, acc_all + j * D, fetch);
+            Values8<kSplit>(pj, t_pad, values, n_part, D, acc_all + j * D, fetch, far_off);
           }
         }
       }
@@ -366,27 +383,29 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
         const float* pj = scores_all + j * t_pad + col;
         const T* fetch = j == 0 ? lead_v : nullptr;
         if (NQ - NQ4 == 1) {
-          ValuesOf<kQueryGroup + 1, kSplit>(pj, t_pad, values, n_part, D, acc_all + j * D, fetch);
+          ValuesOf<kQueryGroup + 1, kSplit>(pj, t_pad, values, n_part, D, acc_all + j * D, fetch,
+                                            far_off);
         } else {
-          ValuesOf<kQueryGroup + 2, kSplit>(pj, t_pad, values, n_part, D, acc_all + j * D, fetch);
+          ValuesOf<kQueryGroup + 2, kSplit>(pj, t_pad, values, n_part, D, acc_all + j * D, fetch,
+                                            far_off);
         }
         j = NQ;
       }
 #endif
       for (; j < NQ4; j += kQueryGroup) {
         ValuesOf<kQueryGroup, kSplit>(scores_all + j * t_pad + col, t_pad, values, n_part, D,
-                                      acc_all + j * D, j == 0 ? lead_v : nullptr);
+                                      acc_all + j * D, j == 0 ? lead_v : nullptr, far_off);
       }
 #if HWY_TARGET <= HWY_AVX3
       if (pair_rest && j < NQ) {
         Values2<kSplit>(scores_all + j * t_pad + col, t_pad, values, n_part, D, acc_all + j * D,
-                        j == 0 ? lead_v : nullptr);
+                        j == 0 ? lead_v : nullptr, far_off);
         j += 2;
       }
 #endif
       for (; j < NQ; ++j) {  // From NQ4.
         Values1<kSplit>(scores_all + j * t_pad + col, values, n_part, D, acc_all + j * D,
-                        j == 0 ? lead_v : nullptr);
+                        j == 0 ? lead_v : nullptr, far_off);
       }
     });
   }

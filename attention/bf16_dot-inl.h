@@ -70,15 +70,25 @@ struct DotSegment {
   // page's values are summed (TouchAhead).
   const uint16_t* far_k = nullptr;
   const uint16_t* far_v = nullptr;
+  // PageFetch::kFar: bytes from lead_k to these rows of the K page a step ahead (and from lead_v
+  // to V's), fetched into L2 with the lead rows; 0: none.
+  ptrdiff_t far = 0;
 };
 
-// Prefetches `bytes` from each of k and v that is not null into L1.
-HWY_INLINE void PrefetchRows(const void* k, const void* v, size_t bytes) {
+// Prefetches `bytes` from each of k and v that is not null into L1 and, where far is not 0, the
+// bytes `far` on from each into L2 (PageFetch::kFar: from rows kLeadRows on to the same rows of
+// the page a step ahead; one distance serves K and V, whose pools lie a fixed distance apart).
+HWY_INLINE void PrefetchRows(const void* k, const void* v, size_t bytes, ptrdiff_t far) {
   const char* kb = static_cast<const char*>(k);
   const char* vb = static_cast<const char*>(v);
   for (size_t off = 0; off < bytes; off += 64) {
     if (kb != nullptr) hwy::Prefetch(kb + off);
     if (vb != nullptr) hwy::Prefetch(vb + off);
+  }
+  if (far == 0) return;
+  for (size_t off = 0; off < bytes; off += 64) {
+    if (kb != nullptr) __builtin_prefetch(kb + far + off, /*rw=*/0, /*locality=*/2);
+    if (vb != nullptr) __builtin_prefetch(vb + far + off, /*rw=*/0, /*locality=*/2);
   }
 }
 
@@ -173,7 +183,7 @@ PAGEDKV_BF16_DOT_ATTR HWY_INLINE __m512 DotScoresOfFour(const uint16_t* HWY_REST
                                                         const uint16_t* HWY_RESTRICT keys,
                                                         size_t rows, size_t run_time_D,
                                                         const uint16_t* fetch_k,
-                                                        const uint16_t* fetch_v) {
+                                                        const uint16_t* fetch_v, ptrdiff_t far) {
   const size_t D = kD != 0 ? kD : run_time_D;
   const size_t chunks = DotChunks(D);
   const uint16_t* row[4];
@@ -188,8 +198,10 @@ PAGEDKV_BF16_DOT_ATTR HWY_INLINE __m512 DotScoresOfFour(const uint16_t* HWY_REST
   for (size_t c = 0; c < chunks; ++c) {
     if ((fetch_k != nullptr || fetch_v != nullptr) && c * prefetch_step < rows_bytes) {
       const size_t off = c * prefetch_step;
-      PrefetchRows(BytesAhead(fetch_k, off), BytesAhead(fetch_v, off),
-                   std::min(prefetch_step, rows_bytes - off));
+      const size_t bytes = std::min(prefetch_step, rows_bytes - off);
+      // far is K's: fetch_v (the step's first V rows) lies elsewhere.
+      PrefetchRows(BytesAhead(fetch_k, off), nullptr, bytes, far);
+      if (fetch_v != nullptr) PrefetchRows(nullptr, BytesAhead(fetch_v, off), bytes, 0);
     }
     const size_t dims = D - 32 * c < 32 ? D - 32 * c : 32;
     const __mmask32 valid = dims == 32 ? ~__mmask32{0} : static_cast<__mmask32>((1u << dims) - 1);
@@ -237,7 +249,7 @@ PAGEDKV_BF16_DOT_ATTR HWY_INLINE void DotScoresOfGroup(const uint16_t* HWY_RESTR
     for (size_t i = 0; i < 4; ++i) {
       const size_t t4 = t + 4 * i;
       v[i] = DotScoresOfFour<kD>(pack, rows + t4 * D, 4, D, RowAhead(fetch_k, t4, D),
-                                 RowAhead(fetch_v, t4, D));
+                                 RowAhead(fetch_v, t4, D), page.far);
     }
     const __m512 v0 = v[0], v1 = v[1], v2 = v[2], v3 = v[3];
     // Transpose the 4x4 blocks: block j of v_i becomes block i of the row of query j.
@@ -251,7 +263,7 @@ PAGEDKV_BF16_DOT_ATTR HWY_INLINE void DotScoresOfGroup(const uint16_t* HWY_RESTR
   for (; t < page.n; t += 4) {
     const size_t n = page.n - t < 4 ? page.n - t : 4;
     const __m512 v = DotScoresOfFour<kD>(pack, rows + t * D, n, D, RowAhead(fetch_k, t, D),
-                                         RowAhead(fetch_v, t, D));
+                                         RowAhead(fetch_v, t, D), page.far);
     alignas(64) float lanes[16];
     _mm512_store_ps(lanes, v);
     for (size_t j = 0; j < 4; ++j) {
@@ -366,7 +378,7 @@ PAGEDKV_BF16_DOT_ATTR HWY_INLINE void DotValuesPass(const uint16_t* HWY_RESTRICT
     if (prefetch) TouchAhead(pages[s].far_k, pages[s].far_v);
     size_t t = 0;
     for (; t + 2 <= n; t += 2) {
-      if (lead != nullptr) PrefetchRows(lead + t * D, nullptr, 2 * row_bytes);
+      if (lead != nullptr) PrefetchRows(lead + t * D, nullptr, 2 * row_bytes, pages[s].far);
       DotValuesTwoRows<kChunks, true>(rows + t * D, probs + t, t_pad, D, valid, a);
     }
     if (t < n) DotValuesTwoRows<kChunks, false>(rows + t * D, probs + t, t_pad, D, valid, a);

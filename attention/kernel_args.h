@@ -36,12 +36,15 @@ struct KernelArgs {
   float soft_cap = 0.0f;
   int32_t sliding_window = 0;
   bool bf16_products = false;  // Whether bf16 pages take the vdpbf16ps path (Bf16Products).
+  bool fetch_far = false;      // Whether the row kernel fetches pages a step ahead (PageFetch).
 };
 
 // Whether this CPU has AVX512_BF16 (vdpbf16ps).
 bool CpuHasBf16Dot();
 // Whether Bf16Products::kAuto takes the vdpbf16ps path here: an AMD CPU that has it.
 bool CpuPrefersBf16Dot();
+// Whether PageFetch::kAuto fetches pages a step ahead here: an AMD family 19h CPU with AVX-512.
+bool CpuPrefersFarFetch();
 
 }  // namespace pagedkv::internal
 

@@ -169,7 +169,7 @@ HWY_INLINE void FinishRotatedScores(const float* HWY_RESTRICT q, const T* HWY_RE
 template <size_t kKeys, size_t kGroups, bool kSplit, bool kRotated, size_t kExtra = 0, typename T>
 HWY_INLINE void ScoresOfKeys(const float* HWY_RESTRICT q, const float* HWY_RESTRICT rot,
                              const T* HWY_RESTRICT k, size_t D, float* HWY_RESTRICT scores,
-                             size_t t_pad, const T* fetch_k, const T* fetch_v) {
+                             size_t t_pad, const T* fetch_k, const T* fetch_v, ptrdiff_t far) {
   static_assert(kGroups == 1 || kRotated);
   static_assert(kExtra == 0 || (kGroups == 1 && kKeys == 4 && kExtra == 1));
   const DF df;
@@ -197,7 +197,8 @@ HWY_INLINE void ScoresOfKeys(const float* HWY_RESTRICT q, const float* HWY_RESTR
   for (; c + 2 * N <= full; c += 2 * N) {
     if (fetch_k != nullptr) {
       const size_t off = kKeys * c * sizeof(T);
-      PrefetchRows(BytesAhead(fetch_k, off), BytesAhead(fetch_v, off), 2 * kKeys * N * sizeof(T));
+      PrefetchRows(BytesAhead(fetch_k, off), BytesAhead(fetch_v, off), 2 * kKeys * N * sizeof(T),
+                   far);
     }
     hn::Vec<DF> lo[kKeys], hi[kKeys];
     for (size_t i = 0; i < kKeys; ++i) LoadPairF32<kSplit>(k + i * D + c, lo[i], hi[i]);
@@ -220,7 +221,7 @@ HWY_INLINE void ScoresOfKeys(const float* HWY_RESTRICT q, const float* HWY_RESTR
   }
   if (fetch_k != nullptr && kKeys * c * sizeof(T) < lead_bytes) {
     const size_t off = kKeys * c * sizeof(T);
-    PrefetchRows(BytesAhead(fetch_k, off), BytesAhead(fetch_v, off), lead_bytes - off);
+    PrefetchRows(BytesAhead(fetch_k, off), BytesAhead(fetch_v, off), lead_bytes - off, far);
   }
   for (; c < full; c += N) {  // Past the whole pairs: in natural order (SplitDims).
     hn::Vec<DF> kc[kKeys];
@@ -261,12 +262,13 @@ HWY_INLINE void ScoresOfKeys(const float* HWY_RESTRICT q, const float* HWY_RESTR
 // kSplit as there.
 template <bool kSplit, typename T>
 HWY_INLINE void Scores1(const float* HWY_RESTRICT q, const T* HWY_RESTRICT keys, size_t n_keys,
-                        size_t D, float* HWY_RESTRICT scores, const T* lead_k, const T* lead_v) {
+                        size_t D, float* HWY_RESTRICT scores, const T* lead_k, const T* lead_v,
+                        ptrdiff_t far) {
   const DF df;
   const size_t N = hn::Lanes(df);
   for (size_t t = 0; t < n_keys; ++t) {
     if (lead_k != nullptr) {
-      PrefetchRows(lead_k + t * D, BytesAhead(lead_v, t * D * sizeof(T)), D * sizeof(T));
+      PrefetchRows(lead_k + t * D, BytesAhead(lead_v, t * D * sizeof(T)), D * sizeof(T), far);
     }
     const T* HWY_RESTRICT k = keys + t * D;
     auto a0 = hn::Zero(df), a1 = hn::Zero(df);
@@ -296,8 +298,8 @@ HWY_INLINE void Scores1(const float* HWY_RESTRICT q, const T* HWY_RESTRICT keys,
 template <bool kSplit, size_t kExtra = 0, typename T>
 HWY_INLINE void Scores4(const float* HWY_RESTRICT q, const float* HWY_RESTRICT rot,
                         const T* HWY_RESTRICT keys, size_t n_keys, size_t D,
-                        float* HWY_RESTRICT scores, size_t t_pad, const T* lead_k,
-                        const T* lead_v) {
+                        float* HWY_RESTRICT scores, size_t t_pad, const T* lead_k, const T* lead_v,
+                        ptrdiff_t far) {
   size_t t = 0;
   [[maybe_unused]] size_t extra_done = 0;  // kExtra: keys scored against the extra query.
   if constexpr (!std::is_same_v<T, float>) {
@@ -308,23 +310,23 @@ HWY_INLINE void Scores4(const float* HWY_RESTRICT q, const float* HWY_RESTRICT r
 #if HWY_TARGET <= HWY_AVX3
     for (; t + 4 <= n_keys; t += 4) {
       ScoresOfKeys<4, 1, kSplit, true, kExtra>(q, rot, keys + t * D, D, scores + t, t_pad,
-                                               RowAhead(lead_k, t, D), RowAhead(lead_v, t, D));
+                                               RowAhead(lead_k, t, D), RowAhead(lead_v, t, D), far);
     }
     extra_done = t;
 #endif
     for (; t + 2 <= n_keys; t += 2) {
       ScoresOfKeys<2, 1, kSplit, false>(q, rot, keys + t * D, D, scores + t, t_pad,
-                                        RowAhead(lead_k, t, D), RowAhead(lead_v, t, D));
+                                        RowAhead(lead_k, t, D), RowAhead(lead_v, t, D), far);
     }
   }
   for (; t < n_keys; ++t) {
     ScoresOfKeys<1, 1, kSplit, false>(q, rot, keys + t * D, D, scores + t, t_pad,
-                                      RowAhead(lead_k, t, D), RowAhead(lead_v, t, D));
+                                      RowAhead(lead_k, t, D), RowAhead(lead_v, t, D), far);
   }
   for (size_t x = 0; x < kExtra && extra_done < n_keys; ++x) {
     Scores1<kSplit>(q + (kQueryGroup + x) * D, keys + extra_done * D, n_keys - extra_done, D,
                     scores + (kQueryGroup + x) * t_pad + extra_done, static_cast<const T*>(nullptr),
-                    static_cast<const T*>(nullptr));
+                    static_cast<const T*>(nullptr), 0);
   }
 }
 
@@ -339,19 +341,19 @@ HWY_INLINE void Scores4(const float* HWY_RESTRICT q, const float* HWY_RESTRICT r
 template <bool kSplit, typename T>
 HWY_INLINE void Scores8(const float* HWY_RESTRICT q, const float* HWY_RESTRICT rot,
                         const T* HWY_RESTRICT keys, size_t n_keys, size_t D,
-                        float* HWY_RESTRICT scores, size_t t_pad, const T* lead_k,
-                        const T* lead_v) {
+                        float* HWY_RESTRICT scores, size_t t_pad, const T* lead_k, const T* lead_v,
+                        ptrdiff_t far) {
   size_t t = 0;
   for (; t + 2 <= n_keys; t += 2) {
     ScoresOfKeys<2, 2, kSplit, true>(q, rot, keys + t * D, D, scores + t, t_pad,
-                                     RowAhead(lead_k, t, D), RowAhead(lead_v, t, D));
+                                     RowAhead(lead_k, t, D), RowAhead(lead_v, t, D), far);
   }
   if (t < n_keys) {
     for (size_t g = 0; g < 2; ++g) {
       ScoresOfKeys<1, 1, kSplit, false>(q + g * kQueryGroup * D, rot, keys + t * D, D,
                                         scores + g * kQueryGroup * t_pad + t, t_pad,
                                         g == 0 ? RowAhead(lead_k, t, D) : nullptr,
-                                        g == 0 ? RowAhead(lead_v, t, D) : nullptr);
+                                        g == 0 ? RowAhead(lead_v, t, D) : nullptr, far);
     }
   }
 }
@@ -364,7 +366,7 @@ HWY_INLINE void Scores8(const float* HWY_RESTRICT q, const float* HWY_RESTRICT r
 template <size_t kQueries, size_t kChunks, bool kSplit, typename T>
 HWY_INLINE void ValueChunks(const float* HWY_RESTRICT p, size_t t_pad, const T* HWY_RESTRICT values,
                             size_t n_keys, size_t D, size_t c, float* HWY_RESTRICT acc,
-                            const T* lead) {
+                            const T* lead, ptrdiff_t far) {
   const DF df;
   const size_t N = hn::Lanes(df);
   hn::Vec<DF> a[kQueries][kChunks];
@@ -372,7 +374,7 @@ HWY_INLINE void ValueChunks(const float* HWY_RESTRICT p, size_t t_pad, const T* 
     for (size_t k = 0; k < kChunks; ++k) a[j][k] = hn::LoadU(df, acc + j * D + c + k * N);
   }
   for (size_t t = 0; t < n_keys; ++t) {
-    if (lead != nullptr) PrefetchRows(lead + t * D + c, nullptr, kChunks * N * sizeof(T));
+    if (lead != nullptr) PrefetchRows(lead + t * D + c, nullptr, kChunks * N * sizeof(T), far);
     const T* HWY_RESTRICT v = values + t * D + c;
     hn::Vec<DF> vc[kChunks];
     if constexpr (kChunks == 1) {
@@ -399,7 +401,8 @@ HWY_INLINE void ValueChunks(const float* HWY_RESTRICT p, size_t t_pad, const T* 
 // pass's dims at a time.
 template <size_t kQueries, bool kSplit, typename T>
 HWY_INLINE void ValuesOf(const float* HWY_RESTRICT p, size_t t_pad, const T* HWY_RESTRICT values,
-                         size_t n_keys, size_t D, float* HWY_RESTRICT acc, const T* lead) {
+                         size_t n_keys, size_t D, float* HWY_RESTRICT acc, const T* lead,
+                         ptrdiff_t far) {
   static_assert(kQueries == kQueryGroup || (HWY_TARGET <= HWY_AVX3 && kQueries <= 6));
   const size_t N = hn::Lanes(DF());
   size_t c = 0;
@@ -408,18 +411,18 @@ HWY_INLINE void ValuesOf(const float* HWY_RESTRICT p, size_t t_pad, const T* HWY
   // values + a probability, so each broadcast probability feeds four FMAs instead of two (f16
   // decode 0.95-0.96x the time; f32 the same).
   for (; c + 4 * N <= D; c += 4 * N) {
-    ValueChunks<kQueries, 4, kSplit>(p, t_pad, values, n_keys, D, c, acc, lead);
+    ValueChunks<kQueries, 4, kSplit>(p, t_pad, values, n_keys, D, c, acc, lead, far);
   }
 #endif
   // Two chunks at a time: 8 accumulators + 2 values + 4 probabilities fit 16 registers.
   for (; c + 2 * N <= D; c += 2 * N) {
-    ValueChunks<kQueries, 2, kSplit>(p, t_pad, values, n_keys, D, c, acc, lead);
+    ValueChunks<kQueries, 2, kSplit>(p, t_pad, values, n_keys, D, c, acc, lead, far);
   }
   // One chunk left (head dim 80 on AVX-512), in natural order also with kSplit (SplitDims),
   // summed as a vector: GQA 4 decode with head dim 80, 1 x 2,048, one thread, took 0.21-0.36x
   // the time of a scalar loop over those 16 dims (which had taken more than the other 64).
   if (c + N <= D) {
-    ValueChunks<kQueries, 1, false>(p, t_pad, values, n_keys, D, c, acc, lead);
+    ValueChunks<kQueries, 1, false>(p, t_pad, values, n_keys, D, c, acc, lead, far);
     c += N;
   }
   for (; c < D; ++c) {  // Dims past the last whole vector.
@@ -440,10 +443,11 @@ HWY_INLINE void ValuesOf(const float* HWY_RESTRICT p, size_t t_pad, const T* HWY
 // first seven only (GQA 7, whose eighth slot is padding).
 template <bool kSplit, size_t kQueries = 2 * kQueryGroup, typename T>
 HWY_INLINE void Values8(const float* HWY_RESTRICT p, size_t t_pad, const T* HWY_RESTRICT values,
-                        size_t n_keys, size_t D, float* HWY_RESTRICT acc, const T* lead) {
+                        size_t n_keys, size_t D, float* HWY_RESTRICT acc, const T* lead,
+                        ptrdiff_t far) {
   const size_t N = hn::Lanes(DF());
   for (size_t c = 0; c < D; c += 2 * N) {
-    ValueChunks<kQueries, 2, kSplit>(p, t_pad, values, n_keys, D, c, acc, lead);
+    ValueChunks<kQueries, 2, kSplit>(p, t_pad, values, n_keys, D, c, acc, lead, far);
   }
 }
 #endif
@@ -451,7 +455,7 @@ HWY_INLINE void Values8(const float* HWY_RESTRICT p, size_t t_pad, const T* HWY_
 // One query: acc += sum_t p[t] * V[t], four chunks at a time; kSplit and lead as ValuesOf.
 template <bool kSplit, typename T>
 HWY_INLINE void Values1(const float* HWY_RESTRICT p, const T* HWY_RESTRICT values, size_t n_keys,
-                        size_t D, float* HWY_RESTRICT acc, const T* lead) {
+                        size_t D, float* HWY_RESTRICT acc, const T* lead, ptrdiff_t far) {
   const DF df;
   const size_t N = hn::Lanes(df);
   size_t c = 0;
@@ -459,7 +463,7 @@ HWY_INLINE void Values1(const float* HWY_RESTRICT p, const T* HWY_RESTRICT value
     auto a0 = hn::LoadU(df, acc + c), a1 = hn::LoadU(df, acc + c + N);
     auto a2 = hn::LoadU(df, acc + c + 2 * N), a3 = hn::LoadU(df, acc + c + 3 * N);
     for (size_t t = 0; t < n_keys; ++t) {
-      if (lead != nullptr) PrefetchRows(lead + t * D + c, nullptr, 4 * N * sizeof(T));
+      if (lead != nullptr) PrefetchRows(lead + t * D + c, nullptr, 4 * N * sizeof(T), far);
       const T* HWY_RESTRICT v = values + t * D + c;
       const auto pt = hn::Set(df, p[t]);
       hn::Vec<DF> v0, v1, v2, v3;
@@ -478,7 +482,7 @@ HWY_INLINE void Values1(const float* HWY_RESTRICT p, const T* HWY_RESTRICT value
   for (; c + 2 * N <= D; c += 2 * N) {
     auto a0 = hn::LoadU(df, acc + c), a1 = hn::LoadU(df, acc + c + N);
     for (size_t t = 0; t < n_keys; ++t) {
-      if (lead != nullptr) PrefetchRows(lead + t * D + c, nullptr, 2 * N * sizeof(T));
+      if (lead != nullptr) PrefetchRows(lead + t * D + c, nullptr, 2 * N * sizeof(T), far);
       const auto pt = hn::Set(df, p[t]);
       hn::Vec<DF> v0, v1;
       LoadPairF32<kSplit>(values + t * D + c, v0, v1);
@@ -513,7 +517,7 @@ HWY_INLINE void Values1(const float* HWY_RESTRICT p, const T* HWY_RESTRICT value
 template <bool kSplit, typename T>
 HWY_INLINE void ScoresOfEightKeys2(const float* HWY_RESTRICT q, const T* HWY_RESTRICT k, size_t D,
                                    float* HWY_RESTRICT scores, size_t t_pad, const T* fetch_k,
-                                   const T* fetch_v) {
+                                   const T* fetch_v, ptrdiff_t far) {
   constexpr size_t kKeys = 8;
   const DF df;
   const size_t N = hn::Lanes(df);
@@ -525,7 +529,8 @@ HWY_INLINE void ScoresOfEightKeys2(const float* HWY_RESTRICT q, const T* HWY_RES
   for (; c + 2 * N <= full; c += 2 * N) {
     if (fetch_k != nullptr) {
       const size_t off = kKeys * c * sizeof(T);
-      PrefetchRows(BytesAhead(fetch_k, off), BytesAhead(fetch_v, off), 2 * kKeys * N * sizeof(T));
+      PrefetchRows(BytesAhead(fetch_k, off), BytesAhead(fetch_v, off), 2 * kKeys * N * sizeof(T),
+                   far);
     }
     const auto q0lo = hn::LoadU(df, q + c), q0hi = hn::LoadU(df, q + c + N);
     const auto q1lo = hn::LoadU(df, q + D + c), q1hi = hn::LoadU(df, q + D + c + N);
@@ -538,7 +543,7 @@ HWY_INLINE void ScoresOfEightKeys2(const float* HWY_RESTRICT q, const T* HWY_RES
   }
   if (fetch_k != nullptr && kKeys * c * sizeof(T) < lead_bytes) {
     const size_t off = kKeys * c * sizeof(T);
-    PrefetchRows(BytesAhead(fetch_k, off), BytesAhead(fetch_v, off), lead_bytes - off);
+    PrefetchRows(BytesAhead(fetch_k, off), BytesAhead(fetch_v, off), lead_bytes - off, far);
   }
   for (; c < full; c += N) {  // Past the whole pairs: in natural order (SplitDims).
     const auto q0 = hn::LoadU(df, q + c), q1 = hn::LoadU(df, q + D + c);
@@ -585,17 +590,17 @@ HWY_INLINE void ScoresOfEightKeys2(const float* HWY_RESTRICT q, const T* HWY_RES
 template <bool kSplit, typename T>
 HWY_INLINE void Scores2(const float* HWY_RESTRICT q, const T* HWY_RESTRICT keys, size_t n_keys,
                         size_t D, float* HWY_RESTRICT scores, size_t t_pad, const T* lead_k,
-                        const T* lead_v) {
+                        const T* lead_v, ptrdiff_t far) {
   size_t t = 0;
   for (; t + 8 <= n_keys; t += 8) {
     ScoresOfEightKeys2<kSplit>(q, keys + t * D, D, scores + t, t_pad, RowAhead(lead_k, t, D),
-                               RowAhead(lead_v, t, D));
+                               RowAhead(lead_v, t, D), far);
   }
   if (t < n_keys) {
     for (size_t j = 0; j < 2; ++j) {
       Scores1<kSplit>(q + j * D, keys + t * D, n_keys - t, D, scores + j * t_pad + t,
                       j == 0 ? RowAhead(lead_k, t, D) : nullptr,
-                      j == 0 ? RowAhead(lead_v, t, D) : nullptr);
+                      j == 0 ? RowAhead(lead_v, t, D) : nullptr, far);
     }
   }
 }
@@ -604,17 +609,18 @@ HWY_INLINE void Scores2(const float* HWY_RESTRICT q, const T* HWY_RESTRICT keys,
 // accumulators, so each V chunk is widened once for both. kSplit and lead as ValuesOf.
 template <bool kSplit, typename T>
 HWY_INLINE void Values2(const float* HWY_RESTRICT p, size_t t_pad, const T* HWY_RESTRICT values,
-                        size_t n_keys, size_t D, float* HWY_RESTRICT acc, const T* lead) {
+                        size_t n_keys, size_t D, float* HWY_RESTRICT acc, const T* lead,
+                        ptrdiff_t far) {
   const size_t N = hn::Lanes(DF());
   size_t c = 0;
   for (; c + 8 * N <= D; c += 8 * N) {
-    ValueChunks<2, 8, kSplit>(p, t_pad, values, n_keys, D, c, acc, lead);
+    ValueChunks<2, 8, kSplit>(p, t_pad, values, n_keys, D, c, acc, lead, far);
   }
   for (; c + 2 * N <= D; c += 2 * N) {
-    ValueChunks<2, 2, kSplit>(p, t_pad, values, n_keys, D, c, acc, lead);
+    ValueChunks<2, 2, kSplit>(p, t_pad, values, n_keys, D, c, acc, lead, far);
   }
   if (c + N <= D) {  // As ValuesOf.
-    ValueChunks<2, 1, false>(p, t_pad, values, n_keys, D, c, acc, lead);
+    ValueChunks<2, 1, false>(p, t_pad, values, n_keys, D, c, acc, lead, far);
     c += N;
   }
   for (; c < D; ++c) {  // Dims past the last whole vector.

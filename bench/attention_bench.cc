@@ -354,6 +354,34 @@ void BM_DecodeSoftCap(benchmark::State& state) {
 }
 BENCHMARK(BM_DecodeSoftCap)->UseManualTime();
 
+// PageFetch::kFar against kNear over BM_DecodePaged's shape, 16-token shuffled pages: each
+// iteration decodes {batch, context, dtype} once with each, in alternating order, and
+// far_over_near is the ratio of their median times. 1 x 2,048 sits in L3, the others in DRAM.
+void BM_DecodePageFetch(benchmark::State& state) {
+  const Fixture f(state.range(0), state.range(1), DTypeArg(state.range(2)), true);
+  std::vector<float> q(static_cast<size_t>(state.range(0) * kQHeads * kHeadDim), 0.01f);
+  std::vector<float> out(q.size());
+  AttentionOptions near;
+  near.num_threads = static_cast<int32_t>(state.range(3));
+  near.page_fetch = PageFetch::kNear;
+  AttentionOptions far = near;
+  far.page_fetch = PageFetch::kFar;
+  const std::vector<double> median = MedianSecondsOfAlternatedCalls(
+      state, {DecodeCall(f, near, q, out), DecodeCall(f, far, q, out)});
+  state.counters["far_over_near"] = median[1] / median[0];
+  state.SetBytesProcessed(state.iterations() * 2 * f.KvBytes());
+}
+BENCHMARK(BM_DecodePageFetch)
+    ->ArgNames({"batch", "context", "dtype", "threads"})
+    ->Args({1, 2048, 1, 1})
+    ->Args({32, 2048, 1, 1})
+    ->Args({1, 32768, 1, 1})
+    ->Args({32, 2048, 0, 1})
+    ->Args({32, 2048, 2, 1})
+    ->Args({1, 2048, 1, 2})
+    ->Args({32, 2048, 1, 2})
+    ->UseManualTime();
+
 // One decode step of the whole model as an engine runs it: Llama-3-8B's 32 layers one after
 // another, 1 x 2,048 tokens, bf16 (8 MiB of K/V per layer, 256 MiB in all). By the time the
 // step comes back to a layer, its pages have left the caches: this is the DRAM figure a server

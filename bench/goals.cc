@@ -185,6 +185,12 @@ void GoalsReporter::PrintGoals() const {
     line("decode with / without a logits soft-cap, Gemma 2 shape, time",
          counter(*cap, "capped_over_uncapped"), "", false);
   }
+  for (const auto& [name, fetch] : results_) {
+    const std::string args = ArgsOf(name, "BM_DecodePageFetch/");
+    if (args.empty()) continue;
+    line(absl::StrCat("decode PageFetch::kFar / kNear time ", args),
+         counter(fetch, "far_over_near"), "", false);
+  }
   // The arithmetic ceiling, for reading the decode ratios: no goal of its own.
   for (const auto& [name, arithmetic] : results_) {
     const std::string args = ArgsOf(name, "BM_DecodeArithmeticRead/");

@@ -57,6 +57,9 @@ struct Case {
   AttentionOptions options;
   // Also run in place (out == q) and expect the same bits as with separate buffers.
   bool in_place = false;
+  // Also run with the other PageFetch (kFar for kNear or kAuto, kNear for kFar) and expect the
+  // same bits: fetching ahead must not change what is read.
+  bool other_fetch = false;
 };
 
 // Builds the cache, runs ExtendAttention and the reference, and returns the max abs error
@@ -141,6 +144,18 @@ double RunCase(const Case& c, uint64_t seed) {
     for (size_t i = 0; i < out.size(); ++i) differ += q_and_out[i] != out[i];
     EXPECT_EQ(differ, 0u) << "of " << out.size() << " floats differ in place";
   }
+  if (c.other_fetch) {
+    AttentionOptions other = options;
+    other.page_fetch = options.page_fetch == PageFetch::kFar ? PageFetch::kNear : PageFetch::kFar;
+    std::vector<float> other_out(q.size(), -7.0f);
+    EXPECT_TRUE(
+        ExtendAttention(view, layer, num_q_heads, q_offsets, q, absl::MakeSpan(other_out), other)
+            .ok());
+    size_t differ = 0;
+    for (size_t i = 0; i < out.size(); ++i) differ += other_out[i] != out[i];
+    EXPECT_EQ(differ, 0u) << "of " << out.size() << " floats differ with page_fetch "
+                          << static_cast<int>(other.page_fetch);
+  }
   const std::vector<float> want = internal::ReferenceAttention(
       contiguous, c.num_kv_heads, c.head_dim, num_q_heads, q_offsets, q, c.options);
   double scale = 1e-30, err = 0;
@@ -211,6 +226,35 @@ TEST(AttentionTest, OtherGqaRatiosMatchReference) {
       }
     }
   });
+}
+
+// PageFetch::kFar on every path that fetches ahead: block sizes whose pages are split where the
+// lead rows move on (32), shorter than the lead (1, 8) and longer than a step (512), GQA groups
+// of the row and pair paths, decode and short extends, contexts with pages a step ahead. The
+// results match the reference and, bit for bit, kNear's.
+TEST(AttentionTest, FarPageFetchReadsTheSameValues) {
+  int64_t runs = 0;
+  ForEachTarget([&] {
+    for (int32_t block_size : {1, 8, 16, 32, 512}) {
+      for (int32_t group : {1, 2, 4, 5, 8}) {
+        for (DType dtype : {DType::kF32, DType::kBF16, DType::kF16}) {
+          Case c;
+          c.head_dim = 128;
+          c.block_size = block_size;
+          c.group = group;
+          c.dtype = dtype;
+          c.num_kv_heads = 1;
+          c.lengths = {300, 700};
+          c.q_lens = {1, 3};
+          c.options.page_fetch = PageFetch::kFar;
+          c.other_fetch = true;
+          ASSERT_LE(RunCase(c, static_cast<uint64_t>(runs++)), Tolerance(dtype))
+              << "block " << block_size << " group " << group << " " << DTypeName(dtype);
+        }
+      }
+    }
+  });
+  EXPECT_GT(runs, 0);
 }
 
 TEST(AttentionTest, SlidingWindowAndSoftCap) {
@@ -381,12 +425,15 @@ TEST(AttentionTest, RandomShapesAndOptionsMatchReference) {
       c.options.num_threads = pick(1, 4);
       c.options.min_partition_tokens = pick(16, 200);
       c.in_place = pick(0, 3) == 0;
+      c.options.page_fetch = static_cast<PageFetch>(pick(0, 2));
+      c.other_fetch = pick(0, 3) == 0;
       const double err = RunCase(c, seed);
       ASSERT_LE(err, Tolerance(c.dtype))
           << "seed " << seed << ": head_dim " << c.head_dim << " block " << c.block_size
           << " kv heads " << c.num_kv_heads << " group " << c.group << " " << DTypeName(c.dtype)
           << " seqs " << seqs << " window " << c.options.sliding_window << " cap "
-          << c.options.soft_cap << " threads " << c.options.num_threads;
+          << c.options.soft_cap << " threads " << c.options.num_threads << " page_fetch "
+          << static_cast<int>(c.options.page_fetch);
     }
   });
   EXPECT_GT(runs, 0);
@@ -438,6 +485,10 @@ TEST(AttentionTest, BadInputIsRejectedAndNothingIsWritten) {
   unknown_products.bf16_products = static_cast<Bf16Products>(7);
   expect_invalid(DecodeAttention(view, 0, hq, q, absl::MakeSpan(out), unknown_products),
                  "bf16_products 7");
+  AttentionOptions unknown_fetch;
+  unknown_fetch.page_fetch = static_cast<PageFetch>(9);
+  expect_invalid(DecodeAttention(view, 0, hq, q, absl::MakeSpan(out), unknown_fetch),
+                 "page_fetch 9");
   // out one float on from q in the same buffer: rows would be overwritten before they are read.
   std::vector<float> shared(q.size() + 1, 0.5f);
   const std::vector<float> before = shared;

@@ -31,6 +31,24 @@ enum class Bf16Products : int8_t {
   kWiden = 2,
 };
 
+// How the decode kernel fetches the K/V pages ahead of those it reads, where the block table
+// scatters them (pages of 256 tokens or fewer; the row kernel: decode and short extends).
+enum class PageFetch : int8_t {
+  // kFar on AMD family 19h cores with AVX-512 (Zen 4), the one core where it was measured
+  // faster; kNear on the others.
+  kAuto = 0,
+  // The rows 16 positions ahead into L1 while rows are read (with 16-token pages: the same row
+  // of the next page the block table names), and the first line of each page a step ahead (256
+  // positions) into the outer caches.
+  kNear = 1,
+  // kNear, and every row of the pages a step ahead into L2, row for row with the rows being
+  // read: more misses in flight than L1's fill buffers allow. BM_DecodePageFetch on a Zen 4 core
+  // (16-token pages in random order, calls alternated): from DRAM 0.66-0.72x the time of kNear
+  // at one thread (bf16, f16 and f32) and 0.78x at two; with K/V in L3 1.06x, where the extra
+  // prefetches only cost issue slots. Results are the same bits as kNear's.
+  kFar = 2,
+};
+
 struct AttentionOptions {
   // Multiplies q.k before the softmax. 0: 1 / sqrt(head_dim).
   float scale = 0.0f;
@@ -50,6 +68,8 @@ struct AttentionOptions {
   // How bf16 pages are multiplied (Bf16Products). kAuto's results differ between CPUs by the
   // bf16 rounding; kWiden gives the same f32 products everywhere.
   Bf16Products bf16_products = Bf16Products::kAuto;
+  // How pages ahead of those being read are fetched (PageFetch).
+  PageFetch page_fetch = PageFetch::kAuto;
 };
 
 // Decode: one query token per viewed sequence, attending to all of its cached positions (the

@@ -80,6 +80,7 @@ void Run(FuzzedDataProvider& in) {
   options.num_threads = in.ConsumeIntegralInRange<int32_t>(1, 3);
   options.min_partition_tokens = in.ConsumeIntegralInRange<int32_t>(1, 64);
   options.bf16_products = static_cast<Bf16Products>(in.ConsumeIntegralInRange<int>(0, 2));
+  options.page_fetch = static_cast<PageFetch>(in.ConsumeIntegralInRange<int>(0, 2));
   // bf16 products round the queries to bf16, so each logit is off by about 2^-9 of its size
   // (attention.h). Beyond scale 1, these K/V make logits sharp enough for that to leave the
   // tolerance below: a documented limit of the option, not a fault. f32 products take any scale.
