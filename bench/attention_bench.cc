@@ -1,20 +1,17 @@
-// Attention kernels against the machine's limits, measured in the same run:
+// Attention kernels, compared in the same run with the machine's limits
+// (machine_limits_bench.cc):
 //   bytes/s of decode vs BM_StreamRead at the same working-set size and thread count;
 //   paged vs contiguous (the same kernel over one page per sequence: a contiguous array);
 //   FLOP/s of extend vs BM_FmaPeak.
 // Shape: Llama-3-8B attention, 32 query heads, 8 KV heads, head dim 128, 16-token pages.
-#include <sys/mman.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
-#include <cstdlib>
 #include <functional>
 #include <memory>
 #include <random>
 #include <vector>
 
-#include "attention/worker_pool.h"
 #include "bench/machine_limits.h"
 #include "bench_util.h"
 #include "benchmark/benchmark.h"
@@ -224,19 +221,6 @@ void BM_DecodePagedOverContiguous(benchmark::State& state) {
   state.SetBytesProcessed(state.iterations() * (paged.KvBytes() + contiguous.KvBytes()));
 }
 BENCHMARK(BM_DecodePagedOverContiguous)->Apply(DecodeShapes)->UseManualTime();
-
-// Streams `data` once with `threads` threads, each its own slice (BM_StreamRead's call).
-float StreamOnce(const std::vector<float>& data, int threads) {
-  const size_t per = data.size() / static_cast<size_t>(threads);
-  std::vector<float> sums(static_cast<size_t>(threads));
-  internal::ParallelFor(threads, threads, [&](int64_t i) {
-    const auto t = static_cast<size_t>(i);
-    sums[t] = StreamSum(data.data() + per * t, per);
-  });
-  float sum = 0;
-  for (float x : sums) sum += x;
-  return sum;
-}
 
 // The decode goal (K/V bytes/s at least 0.9 of the stream) measured with calls alternated, as
 // BM_DecodePagedOverContiguous measures the paged goal, for BM_DecodePaged's rows: each iteration
@@ -570,97 +554,6 @@ BENCHMARK(BM_DecodeOneKvHead)
     ->ArgsProduct({{512, 16384}, {1, 0}})
     ->UseRealTime();
 
-// The physical limit: stream a buffer of the same size with the same number of threads (16 MiB:
-// the f32 decode rows' K/V).
-void BM_StreamRead(benchmark::State& state) {
-  const size_t bytes = static_cast<size_t>(state.range(0));
-  const int threads = static_cast<int>(state.range(1));
-  const std::vector<float> data(bytes / sizeof(float), 1.0f);
-  for (auto _ : state) benchmark::DoNotOptimize(StreamOnce(data, threads));
-  state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(bytes));
-}
-BENCHMARK(BM_StreamRead)
-    ->ArgNames({"bytes", "threads"})
-    ->ArgsProduct({{8 << 20, 16 << 20, 128 << 20, 256 << 20}, {1, 2}})
-    ->UseRealTime();
-
-// Decode's arithmetic (GQA 4: for bf16, 96 vector ops per key and KV head on AVX-512) over K and V
-// rows of dtype streamed from buffers of `bytes` in all, without the kernel's dependencies: the
-// bytes/s the decode rows could reach if their loads overlapped their arithmetic perfectly (with
-// no software prefetch: from DRAM the kernel can read more). 32 KiB sits in L1 (read again and
-// again: the arithmetic alone), 8 MiB in L3 as BM_DecodePaged's 1 x 2,048 in bf16, 256 MiB in DRAM
-// as its 32 x 2,048. Compare with BM_StreamRead of the same size and threads. The goal lines put
-// each BM_DecodePaged row's ratio between two made from the 32 KiB row of its dtype (goals.cc):
-// the arithmetic against the stream, and the two taking turns.
-void BM_DecodeArithmeticRead(benchmark::State& state) {
-  const size_t bytes = static_cast<size_t>(state.range(0));
-  const DType dtype = DTypeArg(state.range(1));
-  const int threads = static_cast<int>(state.range(2));
-  // Half K, half V: f32 1.0 or bf16 / f16 pairs of about 1, so the sums stay finite.
-  const uint32_t one = dtype == DType::kF32   ? 0x3f800000u
-                       : dtype == DType::kF16 ? 0x3c003c00u
-                                              : 0x3f803f80u;
-  std::vector<uint32_t> k(bytes / 8, one), v(bytes / 8, one);
-  const size_t per = k.size() / static_cast<size_t>(threads);
-  // At least 8 MiB per thread per iteration, so that the 32 KiB rows are not timing the threads'
-  // start and join.
-  const size_t passes = std::max<size_t>(1, (size_t{8} << 20) / (2 * per * sizeof(uint32_t)));
-  std::vector<float> sums(static_cast<size_t>(threads));
-  for (auto _ : state) {
-    internal::ParallelFor(threads, threads, [&](int64_t i) {
-      const auto t = static_cast<size_t>(i);
-      sums[t] = DecodeArithmeticSum(dtype, k.data() + per * t, v.data() + per * t,
-                                    per * sizeof(uint32_t), passes);
-    });
-    benchmark::DoNotOptimize(sums.data());
-  }
-  state.SetBytesProcessed(state.iterations() *
-                          static_cast<int64_t>(2 * per * sizeof(uint32_t) * passes * threads));
-}
-BENCHMARK(BM_DecodeArithmeticRead)
-    ->ArgNames({"bytes", "dtype", "threads"})
-    ->ArgsProduct({{32 << 10}, {0, 1, 2}, {1, 2}})
-    ->ArgsProduct({{8 << 20, 256 << 20}, {1}, {1, 2}})
-    ->UseRealTime();
-
-// Paged decode's access pattern without its arithmetic: runs of `kib` KiB of a huge-page arena
-// read in random order, the next one prefetched, split over the threads. 4 KiB is one KV head's
-// page of 16 bf16 rows of 128, as the decode rows read them; 32 KiB is a whole 16-token block of
-// 8 KV heads (or one head's 128-token page). Its bytes/s against BM_StreamRead's is what
-// scattering costs the memory system itself.
-void BM_ScatteredPageRead(benchmark::State& state) {
-  const size_t bytes = static_cast<size_t>(state.range(0));
-  const int threads = static_cast<int>(state.range(1));
-  const size_t page_floats = static_cast<size_t>(state.range(2)) * 1024 / sizeof(float);
-  const size_t pages = bytes / (page_floats * sizeof(float));
-  // As the cache's arena: 2 MiB aligned, huge pages advised before the first write.
-  constexpr size_t kHuge = size_t{2} << 20;
-  std::unique_ptr<float, decltype(&std::free)> buffer(
-      static_cast<float*>(std::aligned_alloc(kHuge, (bytes + kHuge - 1) / kHuge * kHuge)),
-      &std::free);
-  madvise(buffer.get(), bytes, MADV_HUGEPAGE);
-  std::fill_n(buffer.get(), bytes / sizeof(float), 1.0f);
-  const float* base = buffer.get();
-  std::vector<int32_t> order(pages);
-  for (size_t i = 0; i < pages; ++i) order[i] = static_cast<int32_t>(i);
-  std::shuffle(order.begin(), order.end(), std::mt19937(3));
-  const size_t per = pages / static_cast<size_t>(threads);
-  std::vector<float> sums(static_cast<size_t>(threads));
-  for (auto _ : state) {
-    internal::ParallelFor(threads, threads, [&](int64_t i) {
-      const auto t = static_cast<size_t>(i);
-      sums[t] = PageSum(base, order.data() + per * t, per, page_floats);
-    });
-    benchmark::DoNotOptimize(sums.data());
-  }
-  state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(per * threads) *
-                          static_cast<int64_t>(page_floats * sizeof(float)));
-}
-BENCHMARK(BM_ScatteredPageRead)
-    ->ArgNames({"bytes", "threads", "kib"})
-    ->ArgsProduct({{8 << 20, 256 << 20}, {1, 2}, {4, 32}})
-    ->UseRealTime();
-
 // Prefill of `new` tokens on `cached` ones, one sequence: FLOPs of QK^T and PV, causal. bf16
 // at one and two threads, f32 and f16 at one.
 void BM_ExtendPaged(benchmark::State& state) {
@@ -683,38 +576,6 @@ BENCHMARK(BM_ExtendPaged)
     ->Args({512, 1536, 0, 1})
     ->Args({512, 1536, 2, 1})
     ->UseRealTime();
-
-// The FMA peak with the same threads, for the extend ratio.
-void BM_FmaPeak(benchmark::State& state) {
-  const int threads = static_cast<int>(state.range(0));
-  constexpr int64_t kIterations = 1 << 22;
-  double flops = 0;
-  std::vector<double> done(static_cast<size_t>(threads));
-  for (auto _ : state) {
-    internal::ParallelFor(threads, threads, [&](int64_t i) {
-      done[static_cast<size_t>(i)] = FmaChains(kIterations, 1.0f + static_cast<float>(i));
-    });
-    for (double d : done) flops += d;
-  }
-  state.counters["flop_per_second"] = benchmark::Counter(flops, benchmark::Counter::kIsRate);
-}
-BENCHMARK(BM_FmaPeak)->ArgNames({"threads"})->Arg(1)->Arg(2)->UseRealTime();
-
-// vdpbf16ps per second on one thread: bf16 decode at GQA 4 needs 32 of them per key and KV
-// head (512 bytes of K/V), so this rate / 32 * 512 bounds its bytes/s.
-void BM_Bf16DotPeak(benchmark::State& state) {
-  constexpr int64_t kIterations = 1 << 22;
-  double done = 0;
-  for (auto _ : state) done += Bf16DotChains(kIterations, 1.0f);
-  if (done == 0) {
-    state.SkipWithError("this CPU has no AVX512_BF16");
-    return;
-  }
-  state.counters["dot_per_second"] = benchmark::Counter(done, benchmark::Counter::kIsRate);
-  state.counters["gqa4_bound_bytes_per_second"] =
-      benchmark::Counter(done / 32.0 * 512.0, benchmark::Counter::kIsRate);
-}
-BENCHMARK(BM_Bf16DotPeak)->UseRealTime();
 
 }  // namespace
 }  // namespace pagedkv::bench

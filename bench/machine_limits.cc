@@ -183,6 +183,9 @@ double Bf16DotChainsImpl(int64_t, float) { return 0.0; }
 HWY_AFTER_NAMESPACE();
 
 #if HWY_ONCE
+#include <vector>
+
+#include "attention/worker_pool.h"
 #include "bench/machine_limits.h"
 
 namespace pagedkv::bench {
@@ -193,6 +196,17 @@ HWY_EXPORT(FmaChainsImpl);
 HWY_EXPORT(Bf16DotChainsImpl);
 
 float StreamSum(const float* data, size_t n) { return HWY_DYNAMIC_DISPATCH(StreamSumImpl)(data, n); }
+float StreamOnce(const std::vector<float>& data, int threads) {
+  const size_t per = data.size() / static_cast<size_t>(threads);
+  std::vector<float> sums(static_cast<size_t>(threads));
+  internal::ParallelFor(threads, threads, [&](int64_t i) {
+    const auto t = static_cast<size_t>(i);
+    sums[t] = StreamSum(data.data() + per * t, per);
+  });
+  float sum = 0;
+  for (float x : sums) sum += x;
+  return sum;
+}
 float PageSum(const float* base, const int32_t* order, size_t num_pages, size_t page_floats) {
   return HWY_DYNAMIC_DISPATCH(PageSumImpl)(base, order, num_pages, page_floats);
 }

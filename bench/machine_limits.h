@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "pagedkv/config.h"
 
@@ -12,6 +13,8 @@ namespace pagedkv::bench {
 
 // Sum of n floats, streamed with the widest vectors this CPU has.
 float StreamSum(const float* data, size_t n);
+// StreamSum of `data` with `threads` threads, each its own slice (BM_StreamRead's call).
+float StreamOnce(const std::vector<float>& data, int threads);
 // Sum of num_pages pages of page_floats floats at base, in the order given (page indices), with
 // the next page prefetched while one is read.
 float PageSum(const float* base, const int32_t* order, size_t num_pages, size_t page_floats);
