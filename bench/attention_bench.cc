@@ -148,7 +148,7 @@ void BM_DecodeContiguous(benchmark::State& state) { Decode(state, false); }
 // {batch, context, dtype (0 f32, 1 bf16, 2 f16), threads}: in L3, then from DRAM.
 void DecodeShapes(benchmark::internal::Benchmark* b) {
   b->ArgNames({"batch", "context", "dtype", "threads"});
-  for (int64_t threads : {1, 2}) {
+  for (int64_t threads : ThreadCounts()) {
     for (int64_t dtype : {1, 0, 2}) b->Args({1, 2048, dtype, threads});
     b->Args({32, 2048, 1, threads});
     b->Args({1, 32768, 1, threads});
@@ -388,8 +388,7 @@ void BM_DecodeModelStep(benchmark::State& state) {
 }
 BENCHMARK(BM_DecodeModelStep)
     ->ArgNames({"layers", "threads"})
-    ->Args({32, 1})
-    ->Args({32, 2})
+    ->ArgsProduct({{32}, ThreadCounts()})
     ->UseRealTime();
 
 // Page size, for choosing one: bf16 decode, one thread, with pages of 16 to 128 tokens (shuffled),
@@ -555,7 +554,7 @@ BENCHMARK(BM_DecodeOneKvHead)
     ->UseRealTime();
 
 // Prefill of `new` tokens on `cached` ones, one sequence: FLOPs of QK^T and PV, causal. bf16
-// at one and two threads, f32 and f16 at one.
+// at every ThreadCounts() count, f32 and f16 at one.
 void BM_ExtendPaged(benchmark::State& state) {
   const int64_t fresh = state.range(0);
   const int64_t cached = state.range(1);
@@ -571,8 +570,7 @@ void BM_ExtendPaged(benchmark::State& state) {
 }
 BENCHMARK(BM_ExtendPaged)
     ->ArgNames({"new", "cached", "dtype", "threads"})
-    ->Args({512, 1536, 1, 1})
-    ->Args({512, 1536, 1, 2})
+    ->ArgsProduct({{512}, {1536}, {1}, ThreadCounts()})
     ->Args({512, 1536, 0, 1})
     ->Args({512, 1536, 2, 1})
     ->UseRealTime();

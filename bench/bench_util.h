@@ -5,6 +5,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
+#include <thread>
+#include <vector>
 
 #include "pagedkv/pagedkv.h"
 
@@ -22,6 +24,18 @@ inline CacheConfig Llama3_8B(int32_t num_blocks, bool metadata_only) {
   config.max_seq_len = 1 << 20;
   config.metadata_only = metadata_only;
   return config;
+}
+
+// The thread counts of the rows that scale with threads (decode, stream, FMA peak, extend, the
+// model step): 1 and 2 on every machine, the counts the README compares across machines; where
+// the machine has more hardware threads, also 4, 8, ... below that number and the number itself,
+// for the scaling shape.
+inline std::vector<int64_t> ThreadCounts() {
+  const auto hardware = static_cast<int64_t>(std::thread::hardware_concurrency());
+  std::vector<int64_t> counts = {1, 2};
+  for (int64_t t = 4; t < hardware; t *= 2) counts.push_back(t);
+  if (hardware > 2) counts.push_back(hardware);
+  return counts;
 }
 
 // Benchmarks have no caller to hand an error to: print it and stop.

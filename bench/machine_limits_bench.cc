@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "attention/worker_pool.h"
+#include "bench/bench_util.h"
 #include "bench/machine_limits.h"
 #include "benchmark/benchmark.h"
 #include "pagedkv/config.h"
@@ -29,7 +30,7 @@ void BM_StreamRead(benchmark::State& state) {
 }
 BENCHMARK(BM_StreamRead)
     ->ArgNames({"bytes", "threads"})
-    ->ArgsProduct({{8 << 20, 16 << 20, 128 << 20, 256 << 20}, {1, 2}})
+    ->ArgsProduct({{8 << 20, 16 << 20, 128 << 20, 256 << 20}, ThreadCounts()})
     ->UseRealTime();
 
 // Decode's arithmetic (GQA 4: for bf16, 96 vector ops per key and KV head on AVX-512) over K and V
@@ -67,8 +68,8 @@ void BM_DecodeArithmeticRead(benchmark::State& state) {
 }
 BENCHMARK(BM_DecodeArithmeticRead)
     ->ArgNames({"bytes", "dtype", "threads"})
-    ->ArgsProduct({{32 << 10}, {0, 1, 2}, {1, 2}})
-    ->ArgsProduct({{8 << 20, 256 << 20}, {1}, {1, 2}})
+    ->ArgsProduct({{32 << 10}, {0, 1, 2}, ThreadCounts()})
+    ->ArgsProduct({{8 << 20, 256 << 20}, {1}, ThreadCounts()})
     ->UseRealTime();
 
 // Paged decode's access pattern without its arithmetic: runs of `kib` KiB of a huge-page arena
@@ -106,7 +107,7 @@ void BM_ScatteredPageRead(benchmark::State& state) {
 }
 BENCHMARK(BM_ScatteredPageRead)
     ->ArgNames({"bytes", "threads", "kib"})
-    ->ArgsProduct({{8 << 20, 256 << 20}, {1, 2}, {4, 32}})
+    ->ArgsProduct({{8 << 20, 256 << 20}, ThreadCounts(), {4, 32}})
     ->UseRealTime();
 
 // The FMA peak with the same threads, for the extend ratio.
@@ -123,7 +124,7 @@ void BM_FmaPeak(benchmark::State& state) {
   }
   state.counters["flop_per_second"] = benchmark::Counter(flops, benchmark::Counter::kIsRate);
 }
-BENCHMARK(BM_FmaPeak)->ArgNames({"threads"})->Arg(1)->Arg(2)->UseRealTime();
+BENCHMARK(BM_FmaPeak)->ArgNames({"threads"})->ArgsProduct({ThreadCounts()})->UseRealTime();
 
 // vdpbf16ps per second on one thread: bf16 decode at GQA 4 needs 32 of them per key and KV
 // head (512 bytes of K/V), so this rate / 32 * 512 bounds its bytes/s.
