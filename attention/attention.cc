@@ -222,7 +222,10 @@ absl::Status ExtendAttention(const PagedKvView& view, int32_t layer, int32_t num
     }
   }
   // Flash-decoding: too few items to keep every thread busy, so long key ranges are split into
-  // block-aligned partitions whose partial softmax sums are combined below.
+  // partitions whose partial softmax sums are combined below. Partitions start on a page's first
+  // key, or every 64 keys inside larger pages: a contiguous cache (one page per sequence) is
+  // split as finely as a paged one.
+  const int64_t granule = std::min<int64_t>(view.block_size, 64);
   struct Split {
     size_t item;
     int32_t first_slot;
@@ -247,11 +250,11 @@ absl::Status ExtendAttention(const PagedKvView& view, int32_t layer, int32_t num
     }
     splits.push_back(Split{static_cast<size_t>(&item - items.data()), slots,
                            static_cast<int32_t>(parts)});
-    const int64_t blocks = (keys + view.block_size - 1) / view.block_size;
+    const int64_t granules = (keys + granule - 1) / granule;
     for (int64_t p = 0; p < parts; ++p) {
       WorkItem piece = item;
-      piece.kv_begin = blocks * p / parts * view.block_size;
-      piece.kv_end = std::min<int64_t>(keys, blocks * (p + 1) / parts * view.block_size);
+      piece.kv_begin = granules * p / parts * granule;
+      piece.kv_end = std::min<int64_t>(keys, granules * (p + 1) / parts * granule);
       piece.partial = slots++;
       work.push_back(piece);
     }

@@ -329,12 +329,13 @@ TEST(AttentionTest, Bf16ProductsOptionChoosesThePath) {
 
 // Long contexts with more threads than work: flash-decoding partitions and their reduction.
 // bf16 runs at GQA 2, so the vdpbf16ps path's padded query groups meet the partitions too.
+// 512-token pages are split every 64 keys, inside the pages.
 TEST(AttentionTest, PartitionedLongContextsMatch) {
   for (int32_t threads : {1, 2, 3, 8}) {
     for (DType dtype : {DType::kF32, DType::kBF16, DType::kF16}) {
       Case c;
       c.head_dim = 128;
-      c.block_size = 16;
+      c.block_size = threads == 8 ? 512 : 16;
       c.group = dtype == DType::kBF16 ? 2 : 4;
       c.num_kv_heads = 1;
       c.dtype = dtype;
