@@ -52,6 +52,7 @@ HWY_AFTER_NAMESPACE();
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <memory>
 #include <numeric>
 #include <thread>
 #include <vector>
@@ -235,6 +236,7 @@ absl::Status ExtendAttention(const PagedKvView& view, int32_t layer, int32_t num
   std::vector<Split> splits;
   const int64_t want = 2 * int64_t{threads};
   int32_t slots = 0;
+  int64_t split_rows = 0;  // The most query rows of an item that is split.
   for (const WorkItem& item : items) {
     const int64_t keys = item.kv_end;
     int64_t parts = 1;
@@ -250,6 +252,7 @@ absl::Status ExtendAttention(const PagedKvView& view, int32_t layer, int32_t num
     }
     splits.push_back(Split{static_cast<size_t>(&item - items.data()), slots,
                            static_cast<int32_t>(parts)});
+    split_rows = std::max<int64_t>(split_rows, item.row_end - item.row_begin);
     const int64_t granules = (keys + granule - 1) / granule;
     for (int64_t p = 0; p < parts; ++p) {
       WorkItem piece = item;
@@ -259,12 +262,14 @@ absl::Status ExtendAttention(const PagedKvView& view, int32_t layer, int32_t num
       work.push_back(piece);
     }
   }
-  const int64_t queries_per_item = int64_t{rows_per_tile} * args.group;
-  std::vector<float> partials;
+  // Each piece writes all of its slot's queries (m, l and the unnormalized sums) before the
+  // combine reads them, so the slots start uninitialized: sized for the split items' rows, a
+  // decode's partials are (group) x (head_dim + 2) floats a slot, not a query tile's.
+  std::unique_ptr<float[]> partials;
   if (slots > 0) {
-    args.partial_stride = queries_per_item * (view.head_dim + 2);
-    partials.resize(static_cast<size_t>(slots * args.partial_stride));
-    args.partials = partials.data();
+    args.partial_stride = split_rows * args.group * (view.head_dim + 2);
+    partials.reset(new float[static_cast<size_t>(slots * args.partial_stride)]);
+    args.partials = partials.get();
   }
   internal::ParallelFor(static_cast<int64_t>(work.size()), threads, [&](int64_t i) {
     HWY_DYNAMIC_DISPATCH(internal::AttendItem)(args, work[static_cast<size_t>(i)]);
@@ -282,12 +287,12 @@ absl::Status ExtendAttention(const PagedKvView& view, int32_t layer, int32_t num
     for (int64_t j = 0; j < rows * args.group; ++j) {
       float max = -std::numeric_limits<float>::infinity();
       for (int32_t p = 0; p < parts; ++p) {
-        max = std::max(max, partials[static_cast<size_t>((first + p) * args.partial_stride + j * (D + 2))]);
+        max = std::max(max, args.partials[(first + p) * args.partial_stride + j * (D + 2)]);
       }
       float sum = 0;
       std::fill(acc.begin(), acc.end(), 0.0f);
       for (int32_t p = 0; p < parts; ++p) {
-        const float* part = partials.data() + (first + p) * args.partial_stride + j * (D + 2);
+        const float* part = args.partials + (first + p) * args.partial_stride + j * (D + 2);
         if (part[0] == -std::numeric_limits<float>::infinity()) continue;
         const float w = std::exp(part[0] - max);
         sum += w * part[1];
