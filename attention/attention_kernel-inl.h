@@ -7,8 +7,10 @@
 // causal/window mask, an online softmax rescales the running sums, and V rows are accumulated
 // with the probabilities. Two ways to do the products:
 //   - bf16 pages on a CPU with AVX512_BF16, two or more queries per item, in groups of four
-//     padded with zero queries: vdpbf16ps on bf16 pairs (bf16_dot-inl.h), queries and
-//     probabilities rounded to bf16, f32 sums;
+//     (a last group of one or two scores with one or two rotated copies of its queries, a last
+//     group of one to three sums values for those alone, and the last five or six sum values
+//     together): vdpbf16ps on bf16 pairs (bf16_dot-inl.h), queries and probabilities rounded
+//     to bf16, f32 sums;
 //   - otherwise K and V rows are widened to f32 in registers, once per group of four queries
 //     (bf16: split into even and odd dims by a shift and a mask, LoadPairF32). On AVX-512, four
 //     keys are scored at a time against the group laid out in rotated blocks, so that 16 dot
@@ -138,7 +140,7 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
 #endif
   if constexpr (kDot) {
     s.packed_q.resize(PackedQuerySize(NS, D));
-    PackQueries(q_all, NS, D, s.packed_q.data());
+    PackQueries(q_all, NQ, D, s.packed_q.data());
     // Zeros: the padding slots' rows are never written.
     s.probabilities.assign(NS * t_pad, 0);
   }
@@ -292,7 +294,7 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
         s.pages.back().first_v = s.pages.front().values;
         s.pages.back().lead_v = nullptr;
       }
-      DotScores(s.packed_q.data(), NS / 4, s.pages.data(), s.pages.size(), D, scores_all, t_pad);
+      DotScores(s.packed_q.data(), NQ, s.pages.data(), s.pages.size(), D, scores_all, t_pad);
     }
     for (size_t j = 0; j < NQ; ++j) {
       float* row = scores_all + j * t_pad;
@@ -347,8 +349,8 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
       }
     }
     if constexpr (kDot) {
-      DotValues(s.probabilities.data(), t_pad, NS / 4, s.pages.data(), s.pages.size(), D,
-                acc_all, acc_stride);
+      DotValues(s.probabilities.data(), t_pad, NQ, s.pages.data(), s.pages.size(), D, acc_all,
+                acc_stride);
       continue;
     }
     for_each_part(t0, t1, [&](int64_t b, int64_t p0, int64_t p1, int64_t tb) {
