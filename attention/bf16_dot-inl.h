@@ -494,31 +494,20 @@ PAGEDKV_BF16_DOT_ATTR HWY_NOINLINE void DotValues(const uint16_t* HWY_RESTRICT p
                                                   size_t queries, const DotSegment* pages,
                                                   size_t num_pages, size_t D,
                                                   float* HWY_RESTRICT acc, size_t acc_stride) {
+  using GroupValues =
+      void (*)(const uint16_t*, size_t, const DotSegment*, size_t, size_t, bool, float*, size_t);
+  static constexpr GroupValues kGroupValues[] = {nullptr,
+                                                 &DotValuesOfGroup<1>,
+                                                 &DotValuesOfGroup<2>,
+                                                 &DotValuesOfGroup<3>,
+                                                 &DotValuesOfGroup<4>,
+                                                 &DotValuesOfGroup<5>,
+                                                 &DotValuesOfGroup<6>};
   for (size_t j = 0; j < queries;) {
     const size_t rest = queries - j;
     const size_t n = rest == 5 || rest == 6 ? rest : std::min<size_t>(4, rest);
-    const uint16_t* group_p = p + j * t_pad;
-    float* group_acc = acc + j * acc_stride;
-    const bool prefetch = j == 0;
-    switch (n) {
-      case 1:
-        DotValuesOfGroup<1>(group_p, t_pad, pages, num_pages, D, prefetch, group_acc, acc_stride);
-        break;
-      case 2:
-        DotValuesOfGroup<2>(group_p, t_pad, pages, num_pages, D, prefetch, group_acc, acc_stride);
-        break;
-      case 3:
-        DotValuesOfGroup<3>(group_p, t_pad, pages, num_pages, D, prefetch, group_acc, acc_stride);
-        break;
-      case 5:
-        DotValuesOfGroup<5>(group_p, t_pad, pages, num_pages, D, prefetch, group_acc, acc_stride);
-        break;
-      case 6:
-        DotValuesOfGroup<6>(group_p, t_pad, pages, num_pages, D, prefetch, group_acc, acc_stride);
-        break;
-      default:
-        DotValuesOfGroup<4>(group_p, t_pad, pages, num_pages, D, prefetch, group_acc, acc_stride);
-    }
+    kGroupValues[n](p + j * t_pad, t_pad, pages, num_pages, D, /*prefetch=*/j == 0,
+                    acc + j * acc_stride, acc_stride);
     j += n;
   }
 }
