@@ -27,9 +27,9 @@ inline CacheConfig Llama3_8B(int32_t num_blocks, bool metadata_only) {
 }
 
 // The thread counts of the rows that scale with threads (decode, stream, FMA peak, extend, the
-// model step): 1 and 2 on every machine, the counts the README compares across machines; where
-// the machine has more hardware threads, also 4, 8, ... below that number and the number itself,
-// for the scaling shape.
+// model step, the arithmetic and scattered reads): 1 and 2 on every machine, the counts the README
+// compares across machines; where the machine has more hardware threads, also 4, 8, ... below that
+// number and the number itself, for the scaling shape.
 inline std::vector<int64_t> ThreadCounts() {
   const auto hardware = static_cast<int64_t>(std::thread::hardware_concurrency());
   std::vector<int64_t> counts = {1, 2};

@@ -328,7 +328,7 @@ TEST(AttentionTest, Bf16ProductsOptionChoosesThePath) {
 }
 
 // Long contexts with more threads than work: flash-decoding partitions and their reduction.
-// bf16 runs at GQA 2, so the vdpbf16ps path's padded query groups meet the partitions too.
+// bf16 runs at GQA 2, so the vdpbf16ps path's two-query groups meet the partitions too.
 // 512-token pages are split every 64 keys, inside the pages.
 TEST(AttentionTest, PartitionedLongContextsMatch) {
   for (int32_t threads : {1, 2, 3, 8}) {
