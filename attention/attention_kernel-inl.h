@@ -7,10 +7,10 @@
 // causal/window mask, an online softmax rescales the running sums, and V rows are accumulated
 // with the probabilities. Two ways to do the products:
 //   - bf16 pages on a CPU with AVX512_BF16, two or more queries per item, in groups of four
-//     (a last group of one or two scores with one or two rotated copies of its queries, a last
-//     group of one to three sums values for those alone, and the last five or six sum values
-//     together): vdpbf16ps on bf16 pairs (bf16_dot-inl.h), queries and probabilities rounded
-//     to bf16, f32 sums;
+//     (a last group of one or two scores with one or two rotated copies of its queries, of
+//     three with two and a copy of the third, a last group of one to three sums values for
+//     those alone, and the last five or six sum values together): vdpbf16ps on bf16 pairs
+//     (bf16_dot-inl.h), queries and probabilities rounded to bf16, f32 sums;
 //   - otherwise K and V rows are widened to f32 in registers, once per group of four queries
 //     (bf16: split into even and odd dims by a shift and a mask, LoadPairF32). On AVX-512, four
 //     keys are scored at a time against the group laid out in rotated blocks, so that 16 dot
@@ -66,7 +66,7 @@ namespace hn = hwy::HWY_NAMESPACE;
 // and with f32 pages pushed the current ones out of L1.
 constexpr int64_t kLeadRows = 16;
 
-// kDot: bf16 pages through vdpbf16ps (bf16_dot-inl.h), in groups of four queries (padded);
+// kDot: bf16 pages through vdpbf16ps (bf16_dot-inl.h), in groups of four query slots;
 // otherwise K and V are widened to f32 in registers. kSplit (bf16): widened by LoadPairF32's
 // split, with queries and accumulators in its dim order (SplitDims).
 template <typename T, bool kDot, bool kSplit = false>
@@ -81,14 +81,15 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
   const int64_t rows = span.rows;
   const size_t NQ = static_cast<size_t>(rows * G);
   // Query slots: whole groups of four, padded with zero queries whose scores are computed and
-  // ignored (and on the dot path, probabilities left zero), wherever a group of four costs about
-  // what the queries left over cost on their own: on the dot path always, and on AVX-512 when
-  // three are left over (ScoresOfKeys<4, 1, kSplit, true>). GQA 2 in groups of four, against one
-  // query at a time, on Emerald Rapids: 0.75-0.86x the time for bf16 and f16, 0.85-0.98x for f32;
-  // on AVX2, without the rotated scores, 1.04-1.10x, so not there. Two left over on AVX-512 take
-  // the pair path instead (Scores2, Values2): GQA 2 decode, 1 x 2,048, one thread, calls
-  // alternated in one process, against the padded group: bf16 0.96x the time (0.76-0.78x in L2),
-  // f16 0.88x, f32 0.96-0.97x.
+  // ignored, wherever a group of four costs about what the queries left over cost on their own:
+  // on AVX-512 when three are left over (ScoresOfKeys<4, 1, kSplit, true>). The dot path lays
+  // its buffers out in groups of four slots too, but scores and sums the real queries only (the
+  // padding's probabilities stay zero). GQA 2 in groups of four, against one query at a time, on
+  // Emerald Rapids: 0.75-0.86x the time for bf16 and f16, 0.85-0.98x for f32; on AVX2, without
+  // the rotated scores, 1.04-1.10x, so not there. Two left over on AVX-512 take the pair path
+  // instead (Scores2, Values2): GQA 2 decode, 1 x 2,048, one thread, calls alternated in one
+  // process, against the padded group: bf16 0.96x the time (0.76-0.78x in L2), f16 0.88x, f32
+  // 0.96-0.97x.
   constexpr bool kPadRest = HWY_TARGET <= HWY_AVX3;
   [[maybe_unused]] const bool pair_rest = kPadRest && !kDot && NQ % kQueryGroup == 2;
   const bool pad = kDot || (kPadRest && NQ % kQueryGroup == 3);

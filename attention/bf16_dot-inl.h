@@ -3,13 +3,14 @@
 //
 // Queries go four at a time (one GQA group of four, or four of a larger one). A last group of
 // one or two queries (GQA 2; GQA 5 and 6 are a group and one or two) scores with one or two
-// rotated copies, a fifth query with the group before it, and the last five or six queries sum
-// V in one pass.
+// rotated copies, a last group of three (GQA 3 and 7) with two and a copy of the third, a fifth
+// query with the group before it, and the last five or six queries sum V in one pass.
 //
 //   QK^T: 32 dims of a key row, one 512-bit load, meet four rotated copies of the queries' same
 //         dims (block b of copy r belongs to query (b + r) % 4) in four vdpbf16ps. Block sums
 //         and a rotation back, once per four keys, give the 16 scores (DotScoresOfFour). Two
-//         queries take two copies (block b of copy r: query (b + r) % 2), one query one.
+//         queries take two copies (block b of copy r: query (b + r) % 2), one query one, and
+//         three take the two copies of the first two and a third copy of the third alone.
 //   PV:   rows t and t + 1 of V, interleaved 16 bits at a time, pair up with the probabilities
 //         (p_j[t], p_j[t + 1]) rounded to bf16, as flash attention rounds P before its PV
 //         product. The accumulators come out in the interleaved dim order, undone when the
@@ -130,23 +131,24 @@ inline size_t PackedQuerySize(size_t num_queries, size_t D) {
   return num_queries / 4 * DotChunks(D) * 4 * 32;
 }
 
-// Rotated copies of the queries for a group of `queries` (1 to 4) real ones: 1, 2 or 4 (three
-// take four, the fourth a zero query).
-constexpr size_t RotationsOf(size_t queries) { return queries <= 2 ? queries : 4; }
+// The copy of a packed group of `queries` (1 to 4) real queries whose block b holds query j's
+// dims there: four queries rotate over four copies, (j - b) % 4; one or two over one or two,
+// (j - b) % 2; of three, the first two as two do and the third in every block of copy 2.
+constexpr size_t CopyOf(size_t queries, size_t j, size_t b) {
+  return queries == 4 ? (j + 4 - b % 4) % 4 : j < 2 && queries >= 2 ? (j + 2 - b % 2) % 2 : j;
+}
 
-// Packs the `num_queries` queries at q (f32, already scaled; q holds zero rows up to the next
-// multiple of four) for DotScores, in groups of four, rotated: with R = RotationsOf(the group's
-// real queries), vector (g, c, r < R) at pack + ((g * chunks + c) * 4 + r) * 32 holds in its
-// 128-bit block b dims [32c + 8b, 32c + 8b + 8) of query 4g + (b + r) % R, zeros past D. Each 8
-// dims of a query land in one block: query 4g + j, block b of chunk c goes to rotation
-// (j - b) % R. Rounded to nearest even, as BF16FromF32.
+// Packs the `num_queries` queries at q (f32, already scaled) for DotScores, in groups of four:
+// vector (g, c, r) at pack + ((g * chunks + c) * 4 + r) * 32 holds in its 128-bit block b dims
+// [32c + 8b, 32c + 8b + 8) of the query 4g + j of its group that CopyOf(the group's real queries,
+// j, b) puts there, zeros past D. A group of n < 4 real queries fills copies [0, n). Rounded to
+// nearest even, as BF16FromF32.
 PAGEDKV_BF16_DOT_ATTR inline void PackQueries(const float* HWY_RESTRICT q, size_t num_queries,
                                               size_t D, uint16_t* HWY_RESTRICT pack) {
   const size_t chunks = DotChunks(D);
-  for (size_t query = 0; query < (num_queries + 3) / 4 * 4; ++query) {
+  for (size_t query = 0; query < num_queries; ++query) {
     const size_t g = query / 4, j = query % 4;
-    const size_t rotations = RotationsOf(std::min<size_t>(4, num_queries - 4 * g));
-    if (j >= rotations) continue;
+    const size_t real = std::min<size_t>(4, num_queries - 4 * g);
     const float* row = q + query * D;
     for (size_t d = 0; d < chunks * 32; d += 16) {
       const size_t dims = d >= D ? 0 : std::min<size_t>(D - d, 16);
@@ -154,7 +156,7 @@ PAGEDKV_BF16_DOT_ATTR inline void PackQueries(const float* HWY_RESTRICT q, size_
       const __m256i bits = (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(live, row + d));
       for (size_t half = 0; half < 2; ++half) {
         const size_t c = (d + 8 * half) / 32, b = (d + 8 * half) / 8 % 4;
-        const size_t r = (j + 4 - b) % rotations;
+        const size_t r = CopyOf(real, j, b);
         uint16_t* dst = pack + ((g * chunks + c) * 4 + r) * 32 + 8 * b;
         _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), half == 0
                                                               ? _mm256_castsi256_si128(bits)
@@ -194,8 +196,9 @@ PAGEDKV_BF16_DOT_ATTR HWY_INLINE __m512 SumBlocksOfFour(__m512 a0, __m512 a1, __
 // kRotations 2 (a group of two queries) or 1 (one) halves or quarters the vdpbf16ps: query j's
 // score is then in block j and also in block j + 2 (two) or in every block (one).
 //
-// kExtra: also the one query packed at `extra` (one copy, a group of its own), from the same
-// key loads, its four scores in lanes k of every block of *extra_scores.
+// kExtra: also the one query packed alone at `extra` (a copy with its dims in every block: the
+// next group's, or copy 2 of a group of three), from the same key loads, its four scores in
+// lanes k of every block of *extra_scores.
 template <size_t kD, int kRotations = 4, bool kExtra = false>
 PAGEDKV_BF16_DOT_ATTR HWY_INLINE __m512
 DotScoresOfFour(const uint16_t* HWY_RESTRICT pack, const uint16_t* HWY_RESTRICT keys, size_t rows,
@@ -267,14 +270,20 @@ DotScoresOfFour(const uint16_t* HWY_RESTRICT pack, const uint16_t* HWY_RESTRICT 
 }
 
 // Scores of one page against one packed query group: scores[j * t_pad + t] = q_j . row t, for
-// j < kRotations, and with kExtra for j = 4, the query of the next group (packed alone).
+// j < kRotations, and for j = kExtraRow (0: none) the query packed alone after them: 2, the
+// third of a group of three (its copy 2), or 4, the next group's one query.
 // Rows come four at a time, sixteen where they can (one transpose stores them).
-template <size_t kD, int kRotations, bool kExtra = false>
+template <size_t kD, int kRotations, size_t kExtraRow = 0>
 PAGEDKV_BF16_DOT_ATTR HWY_INLINE void DotScoresOfGroup(const uint16_t* HWY_RESTRICT pack,
                                                        const DotSegment& page, size_t D,
                                                        float* HWY_RESTRICT scores, size_t t_pad,
                                                        bool first_group) {
-  const uint16_t* extra = kExtra ? pack + DotChunks(D) * 4 * 32 : nullptr;
+  static_assert(kExtraRow == 0 || (kExtraRow == 2 && kRotations == 2) ||
+                (kExtraRow == 4 && kRotations == 4));
+  constexpr bool kExtra = kExtraRow != 0;
+  const uint16_t* extra = kExtraRow == 4   ? pack + DotChunks(D) * 4 * 32
+                          : kExtraRow == 2 ? pack + 2 * 32
+                                           : nullptr;
   const uint16_t* rows = page.keys;
   // Prefetch only for the first query group: the others read the same rows.
   const uint16_t* fetch_k = first_group ? page.lead_k : nullptr;
@@ -293,7 +302,7 @@ PAGEDKV_BF16_DOT_ATTR HWY_INLINE void DotScoresOfGroup(const uint16_t* HWY_RESTR
       // Block 0 of x_i (keys t + 4i + k in lane k) to block i.
       const __m512 x01 = _mm512_shuffle_f32x4(x[0], x[1], 0x00);
       const __m512 x23 = _mm512_shuffle_f32x4(x[2], x[3], 0x00);
-      _mm512_storeu_ps(scores + 4 * t_pad + t, _mm512_shuffle_f32x4(x01, x23, 0x88));
+      _mm512_storeu_ps(scores + kExtraRow * t_pad + t, _mm512_shuffle_f32x4(x01, x23, 0x88));
     }
     const __m512 v0 = v[0], v1 = v[1], v2 = v[2], v3 = v[3];
     // Transpose the 4x4 blocks: block j of v_i becomes block i of the row of query j.
@@ -321,7 +330,7 @@ PAGEDKV_BF16_DOT_ATTR HWY_INLINE void DotScoresOfGroup(const uint16_t* HWY_RESTR
     }
     if constexpr (kExtra) {
       _mm512_store_ps(lanes, x);
-      for (size_t k = 0; k < n; ++k) scores[4 * t_pad + t + k] = lanes[k];
+      for (size_t k = 0; k < n; ++k) scores[kExtraRow * t_pad + t + k] = lanes[k];
     }
   }
 }
@@ -336,7 +345,7 @@ PAGEDKV_BF16_DOT_ATTR HWY_INLINE void DotScoresOfPages(const uint16_t* HWY_RESTR
                                                        float* HWY_RESTRICT scores, size_t t_pad) {
   for (size_t g = 0; 4 * g < queries; ++g) {
     const uint16_t* group_pack = pack + g * DotChunks(D) * 4 * 32;
-    const size_t rotations = RotationsOf(std::min<size_t>(4, queries - 4 * g));
+    const size_t real = std::min<size_t>(4, queries - 4 * g);
     // The last five queries (GQA 5): the fifth is scored with the four, from the same key
     // loads. bf16 decode, one thread, Zen 4, calls alternated, against a group of its own:
     // 0.95-0.96x the time for 1 x 256 (L2), 0.94-0.95x for 1 x 2,048, 0.91x for 32 x 2,048.
@@ -344,10 +353,15 @@ PAGEDKV_BF16_DOT_ATTR HWY_INLINE void DotScoresOfPages(const uint16_t* HWY_RESTR
     for (size_t s = 0; s < num_pages; ++s) {
       float* group_scores = scores + 4 * g * t_pad + pages[s].col;
       if (fifth) {
-        DotScoresOfGroup<kD, 4, true>(group_pack, pages[s], D, group_scores, t_pad, g == 0);
-      } else if (rotations == 4) {
+        DotScoresOfGroup<kD, 4, 4>(group_pack, pages[s], D, group_scores, t_pad, g == 0);
+      } else if (real == 4) {
         DotScoresOfGroup<kD, 4>(group_pack, pages[s], D, group_scores, t_pad, g == 0);
-      } else if (rotations == 2) {
+      } else if (real == 3) {
+        // Two copies and a third, against four with a zero query: bf16 decode, one thread,
+        // Zen 4, calls alternated, two runs: GQA 3 0.93x the time at 1 x 256 and 0.95x at
+        // 1 x 2,048, GQA 7 0.95x at both and 0.98-0.99x from DRAM (32 x 2,048); GQA 4 1.00x.
+        DotScoresOfGroup<kD, 2, 2>(group_pack, pages[s], D, group_scores, t_pad, g == 0);
+      } else if (real == 2) {
         DotScoresOfGroup<kD, 2>(group_pack, pages[s], D, group_scores, t_pad, g == 0);
       } else {
         DotScoresOfGroup<kD, 1>(group_pack, pages[s], D, group_scores, t_pad, g == 0);
