@@ -23,7 +23,8 @@
 // K rows kLeadRows positions ahead are prefetched, row for row, while keys are scored, and V rows
 // while values are summed, across page boundaries: the hardware prefetcher does not follow a jump
 // to a scattered page, nor keep far enough ahead inside a large one. With PageFetch::kFar the same
-// rows of the pages a step ahead are fetched into L2 with them (far_bytes).
+// rows of the pages a step ahead are fetched into L2 with them (far_bytes), and those rows too go
+// into L2 instead of L1 (PrefetchRows).
 
 #if defined(PAGEDKV_ATTENTION_KERNEL_INL_H_) == defined(HWY_TARGET_TOGGLE)
 #ifdef PAGEDKV_ATTENTION_KERNEL_INL_H_

@@ -41,11 +41,13 @@ enum class PageFetch : int8_t {
   // of the next page the block table names), and the first line of each page a step ahead (256
   // positions) into the outer caches.
   kNear = 1,
-  // kNear, and every row of the pages a step ahead into L2, row for row with the rows being
-  // read: more misses in flight than L1's fill buffers allow. BM_DecodePageFetch on a Zen 4 core
-  // (16-token pages in random order, calls alternated): from DRAM 0.66-0.72x the time of kNear
-  // at one thread (bf16, f16 and f32) and 0.78x at two; with K/V in L3 1.06x, where the extra
-  // prefetches only cost issue slots. Results are the same bits as kNear's.
+  // kNear's rows 16 positions ahead into L2 instead of L1, and every row of the pages a step
+  // ahead into L2 as well, row for row with the rows being read: more misses in flight than
+  // L1's fill buffers allow. BM_DecodePageFetch on a Zen 4 core (16-token pages in random order,
+  // calls alternated): from DRAM 0.66-0.72x the time of kNear at one thread (bf16, f16 and f32)
+  // and 0.78x at two, before the rows 16 ahead went to L2 too (a further 0.78-0.87x at one thread,
+  // 0.88-0.94x at two); with K/V in L3 1.06x, where the extra prefetches only cost issue slots.
+  // Results are the same bits as kNear's.
   kFar = 2,
 };
 
