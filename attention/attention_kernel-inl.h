@@ -25,6 +25,16 @@
 // to a scattered page, nor keep far enough ahead inside a large one. With PageFetch::kFar the same
 // rows of the pages a step ahead are fetched into L2 with them (far_bytes), and those rows too go
 // into L2 instead of L1 (PrefetchRows).
+//
+// An item may hold several KV heads of its sequence (WorkItem::kv_heads). With PageFetch::kFar
+// each step is taken for one head after another (head-local queries, accumulators and softmax
+// state; shared scores), so a block's pages are read for all heads close in time, and the pages
+// "a step ahead" are those read one head-step later: the next head's pages of the same step, and
+// after the last head the first head's pages of the next step (page_ahead). Otherwise the
+// caller takes the heads one at a time (AttendItem). bf16 decode on the Zen 4 VM, calls
+// alternated against an item per head, one thread: from DRAM 0.82-0.83x the time for
+// 1 x 32,768 and 0.92-0.93x for 32 x 2,048 (f16 1 x 32,768: 0.85x), in L3 0.98-1.01x for the
+// three dtypes; a contiguous cache, which now has pages to fetch ahead, 0.80-0.90x from DRAM.
 
 #if defined(PAGEDKV_ATTENTION_KERNEL_INL_H_) == defined(HWY_TARGET_TOGGLE)
 #ifdef PAGEDKV_ATTENTION_KERNEL_INL_H_
@@ -78,6 +88,8 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
   const size_t D = static_cast<size_t>(view.head_dim);
   const int64_t bs = view.block_size;
   const int64_t G = a.group;
+  // The item's KV heads (WorkItem::kv_heads), taken in turn at every step.
+  const size_t H = static_cast<size_t>(it.kv_heads);
   const ItemSpan span = SpanOf(a, it);
   const int64_t rows = span.rows;
   const size_t NQ = static_cast<size_t>(rows * G);
@@ -111,43 +123,57 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
 
   thread_local Scratch scratch;
   Scratch& s = scratch;
-  s.q.assign(NS * D, 0.0f);
-  s.acc.assign(NS * acc_stride, 0.0f);
-  s.m.assign(NS, kNegInf);
-  s.l.assign(NS, 0.0f);
+  // Per head h: queries, accumulators and softmax state of slots [h * NS, (h + 1) * NS); the
+  // step's scores (and probabilities) are shared, each head's used up before the next.
+  s.q.assign(H * NS * D, 0.0f);
+  s.acc.assign(H * NS * acc_stride, 0.0f);
+  s.m.assign(H * NS, kNegInf);
+  s.l.assign(H * NS, 0.0f);
   s.scores.resize(NS * t_pad);
-  float* HWY_RESTRICT acc_all = s.acc.data();
   float* HWY_RESTRICT scores_all = s.scores.data();
-  const float* HWY_RESTRICT q_all = s.q.data();
 
-  // Query j = row * G + g, pre-multiplied by the softmax scale.
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t g = 0; g < G; ++g) {
-      const float* src = QueryOf(a, it, r, g);
-      float* dst = s.q.data() + static_cast<size_t>(r * G + g) * D;
-      ReorderDims<kSplit, true>(src, D, a.scale, dst);
+  // Query j = row * G + g of head h, pre-multiplied by the softmax scale.
+  for (size_t h = 0; h < H; ++h) {
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t g = 0; g < G; ++g) {
+        const float* src = QueryOf(a, it, r, static_cast<int64_t>(h) * G + g);
+        float* dst = s.q.data() + (h * NS + static_cast<size_t>(r * G + g)) * D;
+        ReorderDims<kSplit, true>(src, D, a.scale, dst);
+      }
     }
   }
   // The groups of four queries as RotateQueries lays them out, each in 4 * D floats, for the
-  // four-key scores of 16-bit pages on AVX-512 (Scores4); null elsewhere.
-  const float* HWY_RESTRICT rot_all = nullptr;
+  // four-key scores of 16-bit pages on AVX-512 (Scores4), head h's from h * NQ4 * D; empty
+  // elsewhere.
 #if HWY_TARGET <= HWY_AVX3
   if constexpr (!kDot && !std::is_same_v<T, float>) {
-    s.rotated_q.resize(NQ4 * D);
-    for (size_t j = 0; j < NQ4; j += kQueryGroup) {
-      RotateQueries(q_all + j * D, D, s.rotated_q.data() + j * D);
+    s.rotated_q.resize(H * NQ4 * D);
+    for (size_t h = 0; h < H; ++h) {
+      for (size_t j = 0; j < NQ4; j += kQueryGroup) {
+        RotateQueries(s.q.data() + (h * NS + j) * D, D, s.rotated_q.data() + (h * NQ4 + j) * D);
+      }
     }
-    rot_all = s.rotated_q.data();
   }
 #endif
+  const size_t packed_size = kDot ? PackedQuerySize(NS, D) : 0;
   if constexpr (kDot) {
-    s.packed_q.resize(PackedQuerySize(NS, D));
-    PackQueries(q_all, NQ, D, s.packed_q.data());
+    s.packed_q.resize(H * packed_size);
+    for (size_t h = 0; h < H; ++h) {
+      PackQueries(s.q.data() + h * NS * D, NQ, D, s.packed_q.data() + h * packed_size);
+    }
     // Zeros: the padding slots' rows are never written.
     s.probabilities.assign(NS * t_pad, 0);
   }
 
   const int64_t lo = span.lo, hi = span.hi;
+  // The head a step is on, and its slots' queries, accumulators and softmax state.
+  int32_t kv_head = it.kv_head;
+  const float* HWY_RESTRICT q_all = nullptr;
+  const float* HWY_RESTRICT rot_all = nullptr;
+  const uint16_t* HWY_RESTRICT packed = nullptr;
+  float* HWY_RESTRICT acc_all = nullptr;
+  float* HWY_RESTRICT m = nullptr;
+  float* HWY_RESTRICT l = nullptr;
 
   const BlockId* table = view.BlockTable(it.seq);
   const auto neg_inf = hn::Set(df, kNegInf);
@@ -195,226 +221,248 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
       }
     }
   };
+  // The K or V page read one head-step after page b of the current head: the next head's page
+  // b, or after the item's last head its first head's page a step on (null past the last page).
+  const auto page_ahead = [&](bool v, int64_t b) -> const T* {
+    if (kv_head + 1 < it.kv_head + it.kv_heads) {
+      return PageOf<T>(view, a.layer, v, table[b], kv_head + 1);
+    }
+    return b + ahead <= last_page ? PageOf<T>(view, a.layer, v, table[b + ahead], it.kv_head)
+                                  : nullptr;
+  };
   // PageFetch::kFar: bytes from the lead rows of the part [p0, p1) of page b (in page tb; as
-  // lead_rows) to its own rows in the page a step ahead, which PrefetchRows fetches into L2 with
-  // them; 0 where there is none or the part runs past page b (a run read as one page, which
-  // the hardware prefetcher streams). The same for K and V: their pools lie a fixed distance
-  // apart (PagedKvView::Page).
+  // lead_rows) to its own rows in the page a step ahead (page_ahead), which PrefetchRows fetches
+  // into L2 with them; 0 where there is none or the part runs past page b (a run read as one
+  // page, which the hardware prefetcher streams). The same for K and V: their pools lie a fixed
+  // distance apart (PagedKvView::Page).
   const auto far_bytes = [&](int64_t b, int64_t p0, int64_t p1, int64_t tb) -> ptrdiff_t {
-    if (!a.fetch_far || b + ahead > last_page || tb > last_page || p1 > (b + 1) * bs) return 0;
-    const T* far = PageOf<T>(view, a.layer, false, table[b + ahead], it.kv_head) +
-                   static_cast<size_t>(p0 - b * bs) * D;
-    const T* lead_k = PageOf<T>(view, a.layer, false, table[tb], it.kv_head) +
+    const T* far_page = page_ahead(false, b);
+    if (!a.fetch_far || far_page == nullptr || tb > last_page || p1 > (b + 1) * bs) return 0;
+    const T* far = far_page + static_cast<size_t>(p0 - b * bs) * D;
+    const T* lead_k = PageOf<T>(view, a.layer, false, table[tb], kv_head) +
                       static_cast<size_t>(p0 + lead - tb * bs) * D;
     return reinterpret_cast<const char*>(far) - reinterpret_cast<const char*>(lead_k);
   };
   // Rows p0 + lead on of K or V, in page tb (null past the item's last page).
   const auto lead_rows = [&](bool v, int64_t tb, int64_t p0) -> const T* {
-    return tb <= last_page ? PageOf<T>(view, a.layer, v, table[tb], it.kv_head) +
+    return tb <= last_page ? PageOf<T>(view, a.layer, v, table[tb], kv_head) +
                                  static_cast<size_t>(p0 + lead - tb * bs) * D
                            : nullptr;
   };
   for (int64_t t0 = lo, t1 = lo; t0 < hi; t0 = t1) {
     t1 = std::min(hi, (t0 / step + 1) * step);
     const size_t n_keys = static_cast<size_t>(t1 - t0);
-    // Scores of every page of the step, side by side: column = key - t0.
-    if constexpr (kDot) s.pages.clear();
-    for_each_part(t0, t1, [&](int64_t b, int64_t p0, int64_t p1, int64_t tb) {
-      const bool first = p0 == std::max(t0, b * bs);  // The run's first part.
-      // The same page of the next step, whose first line TouchAhead fetches.
-      const bool far = first && b + ahead <= last_page;
-      const T* far_k =
-          far ? PageOf<T>(view, a.layer, false, table[b + ahead], it.kv_head) : nullptr;
-      const T* far_v =
-          far ? PageOf<T>(view, a.layer, true, table[b + ahead], it.kv_head) : nullptr;
-      if constexpr (!kDot) TouchAhead(far_k, far_v);
-      const size_t row0 = static_cast<size_t>(p0 - b * bs) * D;
-      const T* keys = PageOf<T>(view, a.layer, false, table[b], it.kv_head) + row0;
-      const size_t n_part = static_cast<size_t>(p1 - p0);
-      const size_t col = static_cast<size_t>(p0 - t0);
-      const T* lead_k = lead_rows(false, tb, p0);
-      const ptrdiff_t far_off = far_bytes(b, p0, p1, tb);
+    for (size_t h = 0; h < H; ++h) {
+      kv_head = it.kv_head + static_cast<int32_t>(h);
+      q_all = s.q.data() + h * NS * D;
+      rot_all = s.rotated_q.empty() ? nullptr : s.rotated_q.data() + h * NQ4 * D;
+      packed = s.packed_q.data() + h * packed_size;
+      acc_all = s.acc.data() + h * NS * acc_stride;
+      m = s.m.data() + h * NS;
+      l = s.l.data() + h * NS;
+      // Scores of every page of the step, side by side: column = key - t0.
+      if constexpr (kDot) s.pages.clear();
+      for_each_part(t0, t1, [&](int64_t b, int64_t p0, int64_t p1, int64_t tb) {
+        const bool first = p0 == std::max(t0, b * bs);  // The run's first part.
+        // The page a step ahead, whose first line TouchAhead fetches.
+        const T* far_k = first ? page_ahead(false, b) : nullptr;
+        const T* far_v = first ? page_ahead(true, b) : nullptr;
+        if constexpr (!kDot) TouchAhead(far_k, far_v);
+        const size_t row0 = static_cast<size_t>(p0 - b * bs) * D;
+        const T* keys = PageOf<T>(view, a.layer, false, table[b], kv_head) + row0;
+        const size_t n_part = static_cast<size_t>(p1 - p0);
+        const size_t col = static_cast<size_t>(p0 - t0);
+        const T* lead_k = lead_rows(false, tb, p0);
+        const ptrdiff_t far_off = far_bytes(b, p0, p1, tb);
+        if constexpr (kDot) {
+          const auto bits = [](const T* p) { return reinterpret_cast<const uint16_t*>(p); };
+          const T* values = PageOf<T>(view, a.layer, true, table[b], kv_head) + row0;
+          // The first part touches the pages a step ahead. (Filled in place: a copy of a
+          // DotSegment built field by field stalled on store forwarding, 1.04x the time in L3.)
+          s.pages.push_back(DotSegment{bits(keys), bits(values), n_part, col, bits(lead_k),
+                                       bits(lead_rows(true, tb, p0)), nullptr, bits(far_k),
+                                       bits(far_v), far_off});
+        } else {
+          const T* lead_v = values_fetch_v ? nullptr : lead_rows(true, tb, p0);
+          // Only the first query group prefetches: the others read the same rows.
+          size_t j = 0;
+#if HWY_TARGET <= HWY_AVX3
+          if constexpr (std::is_same_v<T, hwy::float16_t>) {
+            for (; j + 2 * kQueryGroup <= NQ4; j += 2 * kQueryGroup) {
+              Scores8<kSplit>(q_all + j * D, rot_all + j * D, keys, n_part, D,
+                              scores_all + j * t_pad + col, t_pad, j == 0 ? lead_k : nullptr,
+                              lead_v, far_off);
+            }
+          }
+#endif
+          for (; j < NQ4; j += kQueryGroup) {
+            const float* rot = rot_all == nullptr ? nullptr : rot_all + j * D;
+            const T* fetch_k = j == 0 ? lead_k : nullptr;
+            if (j + kQueryGroup == NQ4 && NQ == NQ4 + 1) {
+              // The last group and the query after it (GQA 5) in one pass, each key chunk widened
+              // once for the five: decode 1 x 2,048 and 1 x 256, one thread, on Emerald Rapids,
+              // calls alternated in one process, against the group and then the fifth query on
+              // its own: bf16 0.86-0.95x the time, f16 0.81-0.94x (f32, which scores a key at a
+              // time, and GQA 4 do not come here: 0.95-1.10x as controls). The same with two
+              // queries after the group (GQA 6: 24 accumulators) took bf16 1.01-1.14x.
+              Scores4<kSplit, 1>(q_all + j * D, rot, keys, n_part, D, scores_all + j * t_pad + col,
+                                 t_pad, fetch_k, lead_v, far_off);
+              j = NQ;
+              break;
+            }
+            Scores4<kSplit>(q_all + j * D, rot, keys, n_part, D, scores_all + j * t_pad + col,
+                            t_pad, fetch_k, lead_v, far_off);
+          }
+#if HWY_TARGET <= HWY_AVX3
+          if (pair_rest && j < NQ) {
+            Scores2<kSplit>(q_all + j * D, keys, n_part, D, scores_all + j * t_pad + col, t_pad,
+                            j == 0 ? lead_k : nullptr, lead_v, far_off);
+            j += 2;
+          }
+#endif
+          for (; j < NQ; ++j) {  // From NQ4.
+            Scores1<kSplit>(q_all + j * D, keys, n_part, D, scores_all + j * t_pad + col,
+                            j == 0 ? lead_k : nullptr, lead_v, far_off);
+          }
+        }
+      });
       if constexpr (kDot) {
-        const auto bits = [](const T* p) { return reinterpret_cast<const uint16_t*>(p); };
-        const T* values = PageOf<T>(view, a.layer, true, table[b], it.kv_head) + row0;
-        // The first part touches the pages a step ahead. (Filled in place: a copy of a
-        // DotSegment built field by field stalled on store forwarding, 1.04x the time in L3.)
-        s.pages.push_back(DotSegment{bits(keys), bits(values), n_part, col, bits(lead_k),
-                                     bits(lead_rows(true, tb, p0)), nullptr, bits(far_k),
-                                     bits(far_v), far_off});
-      } else {
-        const T* lead_v = values_fetch_v ? nullptr : lead_rows(true, tb, p0);
-        // Only the first query group prefetches: the others read the same rows.
+        // V is fetched for the value pass, not with the keys: the value pass fetches its lead
+        // rows, and the keys of the step's last part fetch the step's first V rows (instead of the
+        // value pass of the step before), as many as that part has. Fetched with the keys, a
+        // 256-key step's V left L1 before it was read: 13% slower from DRAM, 3% in L3 (one
+        // thread). The widening path splits them too (values_fetch_v).
+        if (s.pages.size() > 1 && s.pages.front().n >= s.pages.back().n) {
+          s.pages.back().first_v = s.pages.front().values;
+          s.pages.back().lead_v = nullptr;
+        }
+        DotScores(packed, NQ, s.pages.data(), s.pages.size(), D, scores_all, t_pad);
+      }
+      for (size_t j = 0; j < NQ; ++j) {
+        float* row = scores_all + j * t_pad;
+        if (a.soft_cap > 0) SoftCap(a.soft_cap, row, n_keys);
+        for (size_t t = n_keys; t < (n_keys + N - 1) / N * N; ++t) row[t] = kNegInf;
+      }
+      const size_t n_pad = (n_keys + N - 1) / N * N;
+      // Causal and sliding-window mask, only where the step crosses a row's bounds.
+      ForEachMaskedKey(a, span, t0, t1, [&](int64_t r, int64_t key) {
+        for (int64_t g = 0; g < G; ++g) {
+          scores_all[static_cast<size_t>(r * G + g) * t_pad + static_cast<size_t>(key - t0)] =
+              kNegInf;
+        }
+      });
+      // Online softmax: rescale what was summed so far to the new running maximum.
+      for (size_t j = 0; j < NQ; ++j) {
+        float* row = scores_all + j * t_pad;
+        auto vmax = neg_inf;
+        for (size_t t = 0; t < n_pad; t += N) vmax = hn::Max(vmax, hn::LoadU(df, row + t));
+        const float step_max = hn::GetLane(hn::MaxOfLanes(df, vmax));
+        if (step_max == kNegInf) {
+          for (size_t t = 0; t < n_pad; ++t) row[t] = 0.0f;
+          if constexpr (kDot) std::fill_n(s.probabilities.data() + j * t_pad, n_pad, uint16_t{0});
+          continue;
+        }
+        const float new_max = std::max(m[j], step_max);
+        const float correction = m[j] == kNegInf ? 0.0f : std::exp(m[j] - new_max);
+        float step_sum;
+        if constexpr (kDot) {
+          step_sum = DotSoftmaxRow(row, n_pad, new_max, s.probabilities.data() + j * t_pad);
+        } else {
+          const auto vnew = hn::Set(df, new_max);
+          auto vsum = hn::Zero(df);
+          for (size_t t = 0; t < n_pad; t += N) {
+            const auto x = hn::LoadU(df, row + t);
+            const auto p = ExpBelowMax(df, x, vnew);
+            hn::StoreU(p, df, row + t);
+            vsum = hn::Add(vsum, p);
+          }
+          step_sum = hn::GetLane(hn::SumOfLanes(df, vsum));
+        }
+        l[j] = l[j] * correction + step_sum;
+        m[j] = new_max;
+        if (correction != 1.0f) {
+          float* HWY_RESTRICT acc = acc_all + j * acc_stride;
+          const auto vc = hn::Set(df, correction);
+          size_t d = 0;
+          for (; d + N <= acc_stride; d += N) {
+            hn::StoreU(hn::Mul(hn::LoadU(df, acc + d), vc), df, acc + d);
+          }
+          for (; d < acc_stride; ++d) acc[d] *= correction;
+        }
+      }
+      if constexpr (kDot) {
+        DotValues(s.probabilities.data(), t_pad, NQ, s.pages.data(), s.pages.size(), D, acc_all,
+                  acc_stride);
+        continue;
+      }
+      for_each_part(t0, t1, [&](int64_t b, int64_t p0, int64_t p1, int64_t tb) {
+        const T* values = PageOf<T>(view, a.layer, true, table[b], kv_head) +
+                          static_cast<size_t>(p0 - b * bs) * D;
+        const T* lead_v = values_fetch_v ? lead_rows(true, tb, p0) : nullptr;
+        const ptrdiff_t far_off = far_bytes(b, p0, p1, tb);
+        const size_t col = static_cast<size_t>(p0 - t0);
+        const size_t n_part = static_cast<size_t>(p1 - p0);
         size_t j = 0;
 #if HWY_TARGET <= HWY_AVX3
-        if constexpr (std::is_same_v<T, hwy::float16_t>) {
+        if (D % (2 * N) == 0) {
           for (; j + 2 * kQueryGroup <= NQ4; j += 2 * kQueryGroup) {
-            Scores8<kSplit>(q_all + j * D, rot_all + j * D, keys, n_part, D,
-                            scores_all + j * t_pad + col, t_pad, j == 0 ? lead_k : nullptr, lead_v,
-                            far_off);
+            const float* pj = scores_all + j * t_pad + col;
+            const T* fetch = j == 0 ? lead_v : nullptr;
+            // Seven queries padded to eight (GQA 7) sum no values for the padding: decode 1 x 256
+            // and 1 x 2,048, one thread, on Emerald Rapids, calls alternated in one process, two
+            // runs: bf16 0.95-1.01x the time, f16 0.93-1.00x, f32 0.92-1.03x (GQA 4: 0.98-1.01x).
+            if (NQ - j == 2 * kQueryGroup - 1) {
+              Values8<kSplit, 2 * kQueryGroup - 1>(pj, t_pad, values, n_part, D, acc_all + j * D,
+                                                   fetch, far_off);
+            } else {
+              Values8<kSplit>(pj, t_pad, values, n_part, D, acc_all + j * D, fetch, far_off);
+            }
           }
+        }
+        // The last group and the one or two queries after it (GQA 5 and 6) in one pass, each V
+        // chunk widened once for all: decode 1 x 2,048, one thread, on Emerald Rapids, against a
+        // group and then the rest (time relative to GQA 4 in the same run): GQA 5 0.84-0.96x the
+        // time, GQA 6 0.81-0.96x, over the three dtypes.
+        if (NQ > NQ4 && NQ - NQ4 <= 2 && NQ4 - j == kQueryGroup) {
+          const float* pj = scores_all + j * t_pad + col;
+          const T* fetch = j == 0 ? lead_v : nullptr;
+          if (NQ - NQ4 == 1) {
+            ValuesOf<kQueryGroup + 1, kSplit>(pj, t_pad, values, n_part, D, acc_all + j * D, fetch,
+                                              far_off);
+          } else {
+            ValuesOf<kQueryGroup + 2, kSplit>(pj, t_pad, values, n_part, D, acc_all + j * D, fetch,
+                                              far_off);
+          }
+          j = NQ;
         }
 #endif
         for (; j < NQ4; j += kQueryGroup) {
-          const float* rot = rot_all == nullptr ? nullptr : rot_all + j * D;
-          const T* fetch_k = j == 0 ? lead_k : nullptr;
-          if (j + kQueryGroup == NQ4 && NQ == NQ4 + 1) {
-            // The last group and the query after it (GQA 5) in one pass, each key chunk widened
-            // once for the five: decode 1 x 2,048 and 1 x 256, one thread, on Emerald Rapids,
-            // calls alternated in one process, against the group and then the fifth query on
-            // its own: bf16 0.86-0.95x the time, f16 0.81-0.94x (f32, which scores a key at a
-            // time, and GQA 4 do not come here: 0.95-1.10x as controls). The same with two
-            // queries after the group (GQA 6: 24 accumulators) took bf16 1.01-1.14x.
-            Scores4<kSplit, 1>(q_all + j * D, rot, keys, n_part, D, scores_all + j * t_pad + col,
-                               t_pad, fetch_k, lead_v, far_off);
-            j = NQ;
-            break;
-          }
-          Scores4<kSplit>(q_all + j * D, rot, keys, n_part, D, scores_all + j * t_pad + col, t_pad,
-                          fetch_k, lead_v, far_off);
+          ValuesOf<kQueryGroup, kSplit>(scores_all + j * t_pad + col, t_pad, values, n_part, D,
+                                        acc_all + j * D, j == 0 ? lead_v : nullptr, far_off);
         }
 #if HWY_TARGET <= HWY_AVX3
         if (pair_rest && j < NQ) {
-          Scores2<kSplit>(q_all + j * D, keys, n_part, D, scores_all + j * t_pad + col, t_pad,
-                          j == 0 ? lead_k : nullptr, lead_v, far_off);
+          Values2<kSplit>(scores_all + j * t_pad + col, t_pad, values, n_part, D, acc_all + j * D,
+                          j == 0 ? lead_v : nullptr, far_off);
           j += 2;
         }
 #endif
         for (; j < NQ; ++j) {  // From NQ4.
-          Scores1<kSplit>(q_all + j * D, keys, n_part, D, scores_all + j * t_pad + col,
-                          j == 0 ? lead_k : nullptr, lead_v, far_off);
+          Values1<kSplit>(scores_all + j * t_pad + col, values, n_part, D, acc_all + j * D,
+                          j == 0 ? lead_v : nullptr, far_off);
         }
-      }
-    });
-    if constexpr (kDot) {
-      // V is fetched for the value pass, not with the keys: the value pass fetches its lead
-      // rows, and the keys of the step's last part fetch the step's first V rows (instead of the
-      // value pass of the step before), as many as that part has. Fetched with the keys, a
-      // 256-key step's V left L1 before it was read: 13% slower from DRAM, 3% in L3 (one
-      // thread). The widening path splits them too (values_fetch_v).
-      if (s.pages.size() > 1 && s.pages.front().n >= s.pages.back().n) {
-        s.pages.back().first_v = s.pages.front().values;
-        s.pages.back().lead_v = nullptr;
-      }
-      DotScores(s.packed_q.data(), NQ, s.pages.data(), s.pages.size(), D, scores_all, t_pad);
+      });
     }
-    for (size_t j = 0; j < NQ; ++j) {
-      float* row = scores_all + j * t_pad;
-      if (a.soft_cap > 0) SoftCap(a.soft_cap, row, n_keys);
-      for (size_t t = n_keys; t < (n_keys + N - 1) / N * N; ++t) row[t] = kNegInf;
-    }
-    const size_t n_pad = (n_keys + N - 1) / N * N;
-    // Causal and sliding-window mask, only where the step crosses a row's bounds.
-    ForEachMaskedKey(a, span, t0, t1, [&](int64_t r, int64_t key) {
-      for (int64_t g = 0; g < G; ++g) {
-        scores_all[static_cast<size_t>(r * G + g) * t_pad + static_cast<size_t>(key - t0)] =
-            kNegInf;
-      }
-    });
-    // Online softmax: rescale what was summed so far to the new running maximum.
-    for (size_t j = 0; j < NQ; ++j) {
-      float* row = scores_all + j * t_pad;
-      auto vmax = neg_inf;
-      for (size_t t = 0; t < n_pad; t += N) vmax = hn::Max(vmax, hn::LoadU(df, row + t));
-      const float step_max = hn::GetLane(hn::MaxOfLanes(df, vmax));
-      if (step_max == kNegInf) {
-        for (size_t t = 0; t < n_pad; ++t) row[t] = 0.0f;
-        if constexpr (kDot) std::fill_n(s.probabilities.data() + j * t_pad, n_pad, uint16_t{0});
-        continue;
-      }
-      const float new_max = std::max(s.m[j], step_max);
-      const float correction = s.m[j] == kNegInf ? 0.0f : std::exp(s.m[j] - new_max);
-      float step_sum;
-      if constexpr (kDot) {
-        step_sum = DotSoftmaxRow(row, n_pad, new_max, s.probabilities.data() + j * t_pad);
-      } else {
-        const auto vnew = hn::Set(df, new_max);
-        auto vsum = hn::Zero(df);
-        for (size_t t = 0; t < n_pad; t += N) {
-          const auto x = hn::LoadU(df, row + t);
-          const auto p = ExpBelowMax(df, x, vnew);
-          hn::StoreU(p, df, row + t);
-          vsum = hn::Add(vsum, p);
-        }
-        step_sum = hn::GetLane(hn::SumOfLanes(df, vsum));
-      }
-      s.l[j] = s.l[j] * correction + step_sum;
-      s.m[j] = new_max;
-      if (correction != 1.0f) {
-        float* HWY_RESTRICT acc = acc_all + j * acc_stride;
-        const auto vc = hn::Set(df, correction);
-        size_t d = 0;
-        for (; d + N <= acc_stride; d += N) {
-          hn::StoreU(hn::Mul(hn::LoadU(df, acc + d), vc), df, acc + d);
-        }
-        for (; d < acc_stride; ++d) acc[d] *= correction;
-      }
-    }
-    if constexpr (kDot) {
-      DotValues(s.probabilities.data(), t_pad, NQ, s.pages.data(), s.pages.size(), D, acc_all,
-                acc_stride);
-      continue;
-    }
-    for_each_part(t0, t1, [&](int64_t b, int64_t p0, int64_t p1, int64_t tb) {
-      const T* values = PageOf<T>(view, a.layer, true, table[b], it.kv_head) +
-                        static_cast<size_t>(p0 - b * bs) * D;
-      const T* lead_v = values_fetch_v ? lead_rows(true, tb, p0) : nullptr;
-      const ptrdiff_t far_off = far_bytes(b, p0, p1, tb);
-      const size_t col = static_cast<size_t>(p0 - t0);
-      const size_t n_part = static_cast<size_t>(p1 - p0);
-      size_t j = 0;
-#if HWY_TARGET <= HWY_AVX3
-      if (D % (2 * N) == 0) {
-        for (; j + 2 * kQueryGroup <= NQ4; j += 2 * kQueryGroup) {
-          const float* pj = scores_all + j * t_pad + col;
-          const T* fetch = j == 0 ? lead_v : nullptr;
-          // Seven queries padded to eight (GQA 7) sum no values for the padding: decode 1 x 256
-          // and 1 x 2,048, one thread, on Emerald Rapids, calls alternated in one process, two
-          // runs: bf16 0.95-1.01x the time, f16 0.93-1.00x, f32 0.92-1.03x (GQA 4: 0.98-1.01x).
-          if (NQ - j == 2 * kQueryGroup - 1) {
-            Values8<kSplit, 2 * kQueryGroup - 1>(pj, t_pad, values, n_part, D, acc_all + j * D,
-                                                 fetch, far_off);
-          } else {
-            Values8<kSplit>(pj, t_pad, values, n_part, D, acc_all + j * D, fetch, far_off);
-          }
-        }
-      }
-      // The last group and the one or two queries after it (GQA 5 and 6) in one pass, each V
-      // chunk widened once for all: decode 1 x 2,048, one thread, on Emerald Rapids, against a
-      // group and then the rest (time relative to GQA 4 in the same run): GQA 5 0.84-0.96x the
-      // time, GQA 6 0.81-0.96x, over the three dtypes.
-      if (NQ > NQ4 && NQ - NQ4 <= 2 && NQ4 - j == kQueryGroup) {
-        const float* pj = scores_all + j * t_pad + col;
-        const T* fetch = j == 0 ? lead_v : nullptr;
-        if (NQ - NQ4 == 1) {
-          ValuesOf<kQueryGroup + 1, kSplit>(pj, t_pad, values, n_part, D, acc_all + j * D, fetch,
-                                            far_off);
-        } else {
-          ValuesOf<kQueryGroup + 2, kSplit>(pj, t_pad, values, n_part, D, acc_all + j * D, fetch,
-                                            far_off);
-        }
-        j = NQ;
-      }
-#endif
-      for (; j < NQ4; j += kQueryGroup) {
-        ValuesOf<kQueryGroup, kSplit>(scores_all + j * t_pad + col, t_pad, values, n_part, D,
-                                      acc_all + j * D, j == 0 ? lead_v : nullptr, far_off);
-      }
-#if HWY_TARGET <= HWY_AVX3
-      if (pair_rest && j < NQ) {
-        Values2<kSplit>(scores_all + j * t_pad + col, t_pad, values, n_part, D, acc_all + j * D,
-                        j == 0 ? lead_v : nullptr, far_off);
-        j += 2;
-      }
-#endif
-      for (; j < NQ; ++j) {  // From NQ4.
-        Values1<kSplit>(scores_all + j * t_pad + col, values, n_part, D, acc_all + j * D,
-                        j == 0 ? lead_v : nullptr, far_off);
-      }
-    });
   }
 
-  WriteRows<kDot, kSplit>(a, it, s.acc.data(), acc_stride, s.m.data(), s.l.data());
+  for (size_t h = 0; h < H; ++h) {
+    WorkItem head = it;
+    head.kv_head = it.kv_head + static_cast<int32_t>(h);
+    head.kv_heads = 1;
+    if (it.partial >= 0) head.partial = it.partial + static_cast<int32_t>(h);
+    WriteRows<kDot, kSplit>(a, head, s.acc.data() + h * NS * acc_stride, acc_stride,
+                            s.m.data() + h * NS, s.l.data() + h * NS);
+  }
 }
 
 }  // namespace pagedkv::internal::HWY_NAMESPACE

@@ -72,8 +72,8 @@ struct DotSegment {
   // V rows fetched with these keys (null: none): the step's first, which its value pass reads
   // first (see AttendItemT).
   const uint16_t* first_v = nullptr;
-  // The first line of the K and V pages one step ahead (null: none), touched once while this
-  // page's values are summed (TouchAhead).
+  // The first line of the K and V pages one step ahead (AttendItemT's page_ahead; null: none),
+  // touched once while this page's values are summed (TouchAhead).
   const uint16_t* far_k = nullptr;
   const uint16_t* far_v = nullptr;
   // PageFetch::kFar: bytes from lead_k to these rows of the K page a step ahead (and from lead_v

@@ -9,7 +9,8 @@
 namespace pagedkv::internal {
 
 // One unit of parallel work: query rows [row_begin, row_end) of sequence `seq` (rows counted
-// within the sequence's queries), the query heads of `kv_head`'s group, keys [kv_begin, kv_end).
+// within the sequence's queries), the query heads of the groups of KV heads [kv_head, kv_head +
+// kv_heads), keys [kv_begin, kv_end).
 struct WorkItem {
   int32_t seq = 0;
   int32_t kv_head = 0;
@@ -20,6 +21,9 @@ struct WorkItem {
   // -1: normalize and write `out`. Otherwise the index of this item's partial results
   // (rows * group * (head_dim + 2) floats: max, sum, then the unnormalized output).
   int32_t partial = -1;
+  // KV heads of the item: the row kernel takes them in turn at each step under PageFetch::kFar,
+  // the others one after another. Head h of a partial item writes slot partial + h.
+  int32_t kv_heads = 1;
 };
 
 struct KernelArgs {

@@ -230,8 +230,9 @@ TEST(AttentionTest, OtherGqaRatiosMatchReference) {
 
 // PageFetch::kFar on every path that fetches ahead: block sizes whose pages are split where the
 // lead rows move on (32), shorter than the lead (1, 8) and longer than a step (512), GQA groups
-// of the row and pair paths, decode and short extends, contexts with pages a step ahead. The
-// results match the reference and, bit for bit, kNear's.
+// of the row and pair paths, decode and short extends, contexts with pages a step ahead, items
+// of several KV heads (whose steps go head by head under kFar), partitioned or not. The results
+// match the reference and, bit for bit, kNear's.
 TEST(AttentionTest, FarPageFetchReadsTheSameValues) {
   int64_t runs = 0;
   ForEachTarget([&] {
@@ -243,7 +244,7 @@ TEST(AttentionTest, FarPageFetchReadsTheSameValues) {
           c.block_size = block_size;
           c.group = group;
           c.dtype = dtype;
-          c.num_kv_heads = 1;
+          c.num_kv_heads = 2;
           c.lengths = {300, 700};
           c.q_lens = {1, 3};
           c.options.page_fetch = PageFetch::kFar;
@@ -252,6 +253,21 @@ TEST(AttentionTest, FarPageFetchReadsTheSameValues) {
               << "block " << block_size << " group " << group << " " << DTypeName(dtype);
         }
       }
+    }
+    // Two threads: one sequence's four heads go two to an item, each item in two partitions.
+    for (DType dtype : {DType::kF32, DType::kBF16, DType::kF16}) {
+      Case c;
+      c.head_dim = 64;
+      c.block_size = 16;
+      c.group = 4;
+      c.dtype = dtype;
+      c.num_kv_heads = 4;
+      c.lengths = {5000};
+      c.q_lens = {1};
+      c.options.num_threads = 2;
+      c.options.page_fetch = PageFetch::kFar;
+      c.other_fetch = true;
+      ASSERT_LE(RunCase(c, static_cast<uint64_t>(runs++)), Tolerance(dtype)) << DTypeName(dtype);
     }
   });
   EXPECT_GT(runs, 0);
