@@ -23,8 +23,9 @@
 // K rows kLeadRows positions ahead are prefetched, row for row, while keys are scored, and V rows
 // while values are summed, across page boundaries: the hardware prefetcher does not follow a jump
 // to a scattered page, nor keep far enough ahead inside a large one. With PageFetch::kFar the same
-// rows of the pages a step ahead are fetched into L2 with them (far_bytes), and those rows too go
-// into L2 instead of L1 (PrefetchRows).
+// rows of the pages a step ahead are fetched into L2 with them (far_bytes), and wherever there
+// are such rows (not in runs read as one page, nor past the item's last page) the lead rows too
+// go into L2 instead of L1 (PrefetchRows).
 //
 // An item may hold several KV heads of its sequence (WorkItem::kv_heads). With PageFetch::kFar
 // each step is taken for one head after another (head-local queries, accumulators and softmax
