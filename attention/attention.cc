@@ -22,13 +22,7 @@ void AttendItem(const KernelArgs& args, const WorkItem& item) {
   const size_t queries = static_cast<size_t>(args.group * (item.row_end - item.row_begin));
   const bool tile = queries >= TileMinQueries();
   if ((tile || !args.fetch_far) && item.kv_heads > 1) {
-    for (int32_t h = 0; h < item.kv_heads; ++h) {
-      WorkItem head = item;
-      head.kv_head = item.kv_head + h;
-      head.kv_heads = 1;
-      if (item.partial >= 0) head.partial = item.partial + h;
-      AttendItem(args, head);
-    }
+    for (int32_t h = 0; h < item.kv_heads; ++h) AttendItem(args, HeadOf(item, h));
     return;
   }
   switch (args.view.dtype) {

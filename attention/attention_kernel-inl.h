@@ -457,12 +457,9 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
   }
 
   for (size_t h = 0; h < H; ++h) {
-    WorkItem head = it;
-    head.kv_head = it.kv_head + static_cast<int32_t>(h);
-    head.kv_heads = 1;
-    if (it.partial >= 0) head.partial = it.partial + static_cast<int32_t>(h);
-    WriteRows<kDot, kSplit>(a, head, s.acc.data() + h * NS * acc_stride, acc_stride,
-                            s.m.data() + h * NS, s.l.data() + h * NS);
+    WriteRows<kDot, kSplit>(a, HeadOf(it, static_cast<int32_t>(h)),
+                            s.acc.data() + h * NS * acc_stride, acc_stride, s.m.data() + h * NS,
+                            s.l.data() + h * NS);
   }
 }
 

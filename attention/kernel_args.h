@@ -26,6 +26,15 @@ struct WorkItem {
   int32_t kv_heads = 1;
 };
 
+// KV head h of an item (h < item.kv_heads) as an item of its own.
+inline WorkItem HeadOf(const WorkItem& item, int32_t h) {
+  WorkItem head = item;
+  head.kv_head = item.kv_head + h;
+  head.kv_heads = 1;
+  if (item.partial >= 0) head.partial = item.partial + h;
+  return head;
+}
+
 struct KernelArgs {
   PagedKvView view;
   int32_t layer = 0;
