@@ -257,7 +257,7 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
       kv_head = it.kv_head + static_cast<int32_t>(h);
       q_all = s.q.data() + h * NS * D;
       rot_all = s.rotated_q.empty() ? nullptr : s.rotated_q.data() + h * NQ4 * D;
-      packed = s.packed_q.data() + h * packed_size;
+      packed = kDot ? s.packed_q.data() + h * packed_size : nullptr;
       acc_all = s.acc.data() + h * NS * acc_stride;
       m = s.m.data() + h * NS;
       l = s.l.data() + h * NS;
