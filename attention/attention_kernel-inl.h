@@ -237,8 +237,9 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
   // page, which the hardware prefetcher streams). The same for K and V: their pools lie a fixed
   // distance apart (PagedKvView::Page).
   const auto far_bytes = [&](int64_t b, int64_t p0, int64_t p1, int64_t tb) -> ptrdiff_t {
+    if (!a.fetch_far || tb > last_page || p1 > (b + 1) * bs) return 0;
     const T* far_page = page_ahead(false, b);
-    if (!a.fetch_far || far_page == nullptr || tb > last_page || p1 > (b + 1) * bs) return 0;
+    if (far_page == nullptr) return 0;
     const T* far = far_page + static_cast<size_t>(p0 - b * bs) * D;
     const T* lead_k = PageOf<T>(view, a.layer, false, table[tb], kv_head) +
                       static_cast<size_t>(p0 + lead - tb * bs) * D;
