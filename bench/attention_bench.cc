@@ -409,19 +409,29 @@ BENCHMARK(BM_DecodePageSize)
 // Fragmentation and page order: bf16 decode, one thread, 16-token pages handed out in shuffled
 // runs of 1 to 128 consecutive block ids (1: every page on its own, as BM_DecodePaged; 128: each
 // 2,048-token sequence one run), in L3 (batch 1) and from DRAM (batch 32), with the pools laid
-// out head-major (layout 1: a run reads as one array) or block-major (2). Compare each with
-// BM_DecodeContiguous of the same batch.
+// out head-major (layout 1: a run reads as one array) or block-major (2). Each iteration decodes
+// the paged cache and one contiguous page per sequence, in alternating order, as
+// BM_DecodePagedOverContiguous does; paged_over_contiguous is the ratio of their median times.
 void BM_DecodePageRun(benchmark::State& state) {
-  Fixture f(state.range(1), 2048, DType::kBF16, true, kKvHeads, 1, 16,
-            static_cast<int32_t>(state.range(0)), static_cast<PageLayout>(state.range(2)));
+  const int64_t batch = state.range(1);
+  const Fixture paged(batch, 2048, DType::kBF16, true, kKvHeads, 1, 16,
+                      static_cast<int32_t>(state.range(0)),
+                      static_cast<PageLayout>(state.range(2)));
+  const Fixture contiguous(batch, 2048, DType::kBF16, false);
   AttentionOptions options;
   options.num_threads = 1;
-  RunDecode(state, f.view, kQHeads, options);
+  std::vector<float> q(static_cast<size_t>(batch * kQHeads * kHeadDim), 0.01f);
+  std::vector<float> out(q.size());
+  const std::vector<double> median = MedianSecondsOfAlternatedCalls(
+      state, {DecodeCall(paged, options, q, out), DecodeCall(contiguous, options, q, out)});
+  state.counters["paged_over_contiguous"] = median[0] / median[1];
+  state.counters["pages_per_run"] = PagesPerRun(paged.view);
+  state.SetBytesProcessed(state.iterations() * (paged.KvBytes() + contiguous.KvBytes()));
 }
 BENCHMARK(BM_DecodePageRun)
     ->ArgNames({"run", "batch", "layout"})
     ->ArgsProduct({{1, 8, 32, 128}, {1, 32}, {1, 2}})
-    ->UseRealTime();
+    ->UseManualTime();
 
 // Sequences that grew while others came and went, with prefix caching on: the block tables a
 // pool's eviction order leaves once its blocks have been reused a few times. Short sequences
