@@ -391,6 +391,38 @@ BENCHMARK(BM_DecodeModelStep)
     ->ArgsProduct({{32}, ThreadCounts()})
     ->UseRealTime();
 
+// The model step's goal measured with calls alternated, as BM_DecodePagedOverStream measures
+// one layer's: each iteration runs BM_DecodeModelStep's step and streams a buffer of the same
+// 256 MiB with the same threads, in alternating order; step_over_stream is the stream's median
+// time over the step's (the step's K/V bytes/s over the stream's). On the shared VM the separate
+// rows have given 0.67 in one run and 0.84 in another.
+void BM_DecodeModelStepOverStream(benchmark::State& state) {
+  const auto layers = static_cast<int32_t>(state.range(0));
+  const int threads = static_cast<int>(state.range(1));
+  const Fixture f(1, 2048, DType::kBF16, true, kKvHeads, layers);
+  AttentionOptions options;
+  options.num_threads = threads;
+  std::vector<float> q(static_cast<size_t>(kQHeads * kHeadDim), 0.01f);
+  std::vector<float> out(q.size());
+  const int64_t bytes = f.KvBytes() * layers;
+  const std::vector<float> stream(static_cast<size_t>(bytes) / sizeof(float), 1.0f);
+  const std::vector<double> median = MedianSecondsOfAlternatedCalls(
+      state, {[&] {
+                for (int32_t layer = 0; layer < layers; ++layer) {
+                  OrDie(DecodeAttention(f.view, layer, kQHeads, q, absl::MakeSpan(out), options),
+                        "decode");
+                  benchmark::DoNotOptimize(out.data());
+                }
+              },
+              [&] { benchmark::DoNotOptimize(StreamOnce(stream, threads)); }});
+  state.counters["step_over_stream"] = median[1] / median[0];
+  state.SetBytesProcessed(state.iterations() * 2 * bytes);
+}
+BENCHMARK(BM_DecodeModelStepOverStream)
+    ->ArgNames({"layers", "threads"})
+    ->ArgsProduct({{32}, ThreadCounts()})
+    ->UseManualTime();
+
 // Page size, for choosing one: bf16 decode, one thread, with pages of 16 to 128 tokens (shuffled),
 // in L3 (batch 1) and from DRAM (batch 32), context 2,048. Compare each with
 // BM_DecodeContiguous of the same batch.
