@@ -89,8 +89,8 @@ class BlockPool {
   BlockId TryAllocate();
   // Hands out between 1 and n blocks of consecutive ids, appended to *out, for a sequence whose
   // last block is prev (kNoBlock: none), so that its pages form a run that head-major pools let
-  // decode stream as one array (BM_DecodePageRun: 2,048-token sequences from DRAM 1.66x as fast
-  // as one run as in scattered pages). The blocks are, in this order of preference:
+  // decode stream as one array (BM_DecodePageRun: 2,048-token sequences from DRAM 1.46-1.66x as
+  // fast as one run as in scattered pages). The blocks are, in this order of preference:
   //   - prev + 1 and the free blocks after it;
   //   - the most recently freed block and the free blocks after it;
   //   - when no block is free, the next blocks in LRU order, as many as asked while their ids

@@ -34,15 +34,18 @@ enum class PageLayout : uint8_t {
   // block table is read as one array. Pools hand out runs where blocks are free or evicted by
   // EvictionOrder::kSweep (on the Azure trace pagedkv-sim's sequences average 432 tokens of
   // adjacent pages without prefix caching, 84 with it and sweep eviction, 16 with LRU).
-  // bf16 decode from DRAM, one thread: runs of 32 and 128 pages 1.09-1.16x and 1.01-1.06x the
-  // contiguous time, scattered pages 1.68-1.75x; in L3 0.99-1.04x and 1.21-1.26x
-  // (BM_DecodePageRun).
+  // bf16 decode, one thread, calls alternated with a contiguous cache (BM_DecodePageRun), on a
+  // Zen 4 VM: runs of 32 and 128 pages 0.98-0.99x and 0.96x the contiguous time from DRAM,
+  // scattered pages 1.40-1.42x; in L3 0.98-1.00x and 1.10-1.11x (on a Zen 5, before runs
+  // fetched ahead like pages: 1.09-1.16x, 1.01-1.06x and 1.68-1.75x from DRAM).
   kHeadMajor = 1,
-  // [block][kv_head]: a block's heads are adjacent. Scattered pages decode 1.16-1.25x as fast as
-  // with kHeadMajor from DRAM (the hardware prefetcher runs on into the next head's page, which
-  // the next work item reads), but runs gain nothing (1.33-1.39x the contiguous time from DRAM,
-  // 1.17-1.32x in L3). With prefix caching and EvictionOrder::kLru pages stay scattered (16-21
-  // tokens per run in pagedkv-sim), so kAuto picks this layout there.
+  // [block][kv_head]: a block's heads are adjacent. Scattered pages decode faster than with
+  // kHeadMajor from DRAM (the next head's page, which the hardware prefetcher runs on into, is
+  // read next), but runs gain little: on the Zen 4 VM 1.02-1.05x the contiguous time scattered
+  // and 1.00-1.03x in runs from DRAM, 1.04-1.07x in L3 (on the Zen 5, 1.16-1.25x as fast as
+  // kHeadMajor scattered, runs 1.33-1.39x the contiguous time). With prefix caching and
+  // EvictionOrder::kLru pages stay scattered (16-21 tokens per run in pagedkv-sim), so kAuto
+  // picks this layout there.
   kBlockMajor = 2,
 };
 
