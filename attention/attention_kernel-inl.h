@@ -238,10 +238,10 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
   // its rows ahead at that one distance: in the next head's pages, which lie as this head's do,
   // or after the last head in the first head's pages a step on, where those form a run too (not
   // checked page by page: a wrong guess costs a wasted prefetch, never a wrong value). Such
-  // parts fetched nothing far before, and L1 kept too few misses in flight: head-major runs of 8
-  // and 128 pages, 32 x 2,048 and 1 x 32,768 (one run), Zen 4, calls alternated, took 0.57-0.68x
-  // that time from DRAM at one thread (all three dtypes) and 0.76-0.77x at two; in L3 (1 x 2,048)
-  // bf16 took 1.10x, f32 1.02-1.03x, f16 1.00x, as a contiguous cache does against kNear.
+  // parts fetched nothing far before, their lead rows into L1 alone: head-major runs of 8 and 128
+  // pages, 32 x 2,048 and 1 x 32,768 (one run), Zen 4, calls alternated, took 0.57-0.68x that
+  // time from DRAM at one thread (all three dtypes) and 0.76-0.77x at two; in L3 (1 x 2,048)
+  // bf16 1.10x, f32 1.02-1.03x, f16 1.00x, what the far fetch costs a contiguous cache there too.
   const auto far_bytes = [&](int64_t b, int64_t p0, int64_t p1, int64_t tb) -> ptrdiff_t {
     if (!a.fetch_far || tb > last_page) return 0;
     const int64_t lb = (p1 - 1) / bs;  // The part's last page.

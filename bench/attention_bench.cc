@@ -371,6 +371,13 @@ BENCHMARK(BM_DecodePageFetch)
 // step comes back to a layer, its pages have left the caches: this is the DRAM figure a server
 // sees, where BM_DecodePaged's 1 x 2,048 reads one layer again and again from L3. Compare with
 // BM_StreamRead of 256 MiB.
+void DecodeModelStep(const Fixture& f, int32_t layers, const AttentionOptions& options,
+                     const std::vector<float>& q, std::vector<float>& out) {
+  for (int32_t layer = 0; layer < layers; ++layer) {
+    OrDie(DecodeAttention(f.view, layer, kQHeads, q, absl::MakeSpan(out), options), "decode");
+    benchmark::DoNotOptimize(out.data());
+  }
+}
 void BM_DecodeModelStep(benchmark::State& state) {
   const auto layers = static_cast<int32_t>(state.range(0));
   Fixture f(1, 2048, DType::kBF16, true, kKvHeads, layers);
@@ -378,12 +385,7 @@ void BM_DecodeModelStep(benchmark::State& state) {
   options.num_threads = static_cast<int32_t>(state.range(1));
   std::vector<float> q(static_cast<size_t>(kQHeads * kHeadDim), 0.01f);
   std::vector<float> out(q.size());
-  for (auto _ : state) {
-    for (int32_t layer = 0; layer < layers; ++layer) {
-      OrDie(DecodeAttention(f.view, layer, kQHeads, q, absl::MakeSpan(out), options), "decode");
-      benchmark::DoNotOptimize(out.data());
-    }
-  }
+  for (auto _ : state) DecodeModelStep(f, layers, options, q, out);
   state.SetBytesProcessed(state.iterations() * f.KvBytes() * layers);
 }
 BENCHMARK(BM_DecodeModelStep)
@@ -407,13 +409,7 @@ void BM_DecodeModelStepOverStream(benchmark::State& state) {
   const int64_t bytes = f.KvBytes() * layers;
   const std::vector<float> stream(static_cast<size_t>(bytes) / sizeof(float), 1.0f);
   const std::vector<double> median = MedianSecondsOfAlternatedCalls(
-      state, {[&] {
-                for (int32_t layer = 0; layer < layers; ++layer) {
-                  OrDie(DecodeAttention(f.view, layer, kQHeads, q, absl::MakeSpan(out), options),
-                        "decode");
-                  benchmark::DoNotOptimize(out.data());
-                }
-              },
+      state, {[&] { DecodeModelStep(f, layers, options, q, out); },
               [&] { benchmark::DoNotOptimize(StreamOnce(stream, threads)); }});
   state.counters["step_over_stream"] = median[1] / median[0];
   state.SetBytesProcessed(state.iterations() * 2 * bytes);
