@@ -359,33 +359,79 @@ HWY_INLINE void Scores8(const float* HWY_RESTRICT q, const float* HWY_RESTRICT r
 }
 #endif
 
+// The rows of one page of a step (or of a run of pages read as one) that the value passes read:
+// n rows of V, whose probabilities start at column col of the step's score rows, and the rows
+// kLeadRows positions on (lead; null: none), prefetched with them as PrefetchRows takes `far`.
+template <typename T>
+struct ValueRun {
+  const T* values;
+  size_t n;
+  size_t col;
+  const T* lead;
+  ptrdiff_t far;
+};
+
+// V rows a window of the value passes holds: each pass over some of the dims reads a window's
+// rows, and the next pass finds them in L1. Before, each page had passes of its own, which
+// loaded and stored their accumulators per page (16 rows). Decode of 16-token pages in random
+// order, GQA 4, one thread, Zen 4, calls alternated: in L3 (1 x 2,048) f16 0.92-0.96x the time,
+// bf16 widened 0.94x, f32 0.97-1.00x; from DRAM (32 x 2,048) f16 0.96-0.97x, f32 0.99-1.01x;
+// AVX2 forced, f16 and bf16 0.92-0.96x. Windows of the whole step took f32 1.00-1.02x in L3,
+// windows of 8 KiB f16 0.96x.
+constexpr size_t kValueWindowBytes = 16384;
+
+// Calls pass(first, count) for consecutive windows of the runs, each of up to kValueWindowBytes
+// of rows (or one larger run), where a row takes at most two of the caller's passes (`passes`,
+// over its dims) or the runs fetch no lead rows; else one run at a time. The lead rows of a
+// window's later rows are fetched only a pass ahead of their reads: with eight passes (f32 on
+// AVX2), 1.04-1.08x the time from DRAM.
+template <typename T, typename Pass>
+HWY_INLINE void ForEachValueWindow(const ValueRun<T>* runs, size_t num_runs, size_t D,
+                                   size_t passes, const Pass& pass) {
+  bool fetching = false;
+  for (size_t r = 0; r < num_runs; ++r) fetching |= runs[r].lead != nullptr;
+  const size_t window_rows =
+      passes <= 2 || !fetching ? kValueWindowBytes / (D * sizeof(T)) : size_t{0};
+  for (size_t r0 = 0, r1 = 0; r0 < num_runs; r0 = r1) {
+    size_t rows = runs[r0].n;
+    for (r1 = r0 + 1; r1 < num_runs && rows + runs[r1].n <= window_rows; ++r1) rows += runs[r1].n;
+    pass(runs + r0, r1 - r0);
+  }
+}
+
 // acc[j] += sum_t p[j][t] * V[t] over dims [c, c + kChunks * N) for kQueries queries (rows of p
-// t_pad apart, of acc D apart): kChunks V chunks, widened once per key (in pairs, as
-// LoadPairF32), feed kQueries * kChunks accumulators. The same dims of row t of lead (null: none)
-// are prefetched with row t.
+// t_pad apart, of acc D apart), over the rows of `num_runs` runs: kChunks V chunks, widened once
+// per key (in pairs, as LoadPairF32), feed kQueries * kChunks accumulators, kept in registers
+// from run to run. The same dims of a run's lead row t are prefetched with its row t.
 template <size_t kQueries, size_t kChunks, bool kSplit, typename T>
-HWY_INLINE void ValueChunks(const float* HWY_RESTRICT p, size_t t_pad, const T* HWY_RESTRICT values,
-                            size_t n_keys, size_t D, size_t c, float* HWY_RESTRICT acc,
-                            const T* lead, ptrdiff_t far) {
+HWY_INLINE void ValueChunks(const float* HWY_RESTRICT p, size_t t_pad, const ValueRun<T>* runs,
+                            size_t num_runs, size_t D, size_t c, float* HWY_RESTRICT acc) {
   const DF df;
   const size_t N = hn::Lanes(df);
   hn::Vec<DF> a[kQueries][kChunks];
   for (size_t j = 0; j < kQueries; ++j) {
     for (size_t k = 0; k < kChunks; ++k) a[j][k] = hn::LoadU(df, acc + j * D + c + k * N);
   }
-  for (size_t t = 0; t < n_keys; ++t) {
-    if (lead != nullptr) PrefetchRows(lead + t * D + c, nullptr, kChunks * N * sizeof(T), far);
-    const T* HWY_RESTRICT v = values + t * D + c;
-    hn::Vec<DF> vc[kChunks];
-    if constexpr (kChunks == 1) {
-      static_assert(!kSplit);  // Split dims come in pairs of chunks.
-      vc[0] = LoadF32(v);
-    } else {
-      for (size_t k = 0; k < kChunks; k += 2) LoadPairF32<kSplit>(v + k * N, vc[k], vc[k + 1]);
-    }
-    for (size_t j = 0; j < kQueries; ++j) {
-      const auto pj = hn::Set(df, p[j * t_pad + t]);
-      for (size_t k = 0; k < kChunks; ++k) a[j][k] = hn::MulAdd(pj, vc[k], a[j][k]);
+  for (size_t r = 0; r < num_runs; ++r) {
+    const T* HWY_RESTRICT values = runs[r].values;
+    const T* lead = runs[r].lead;
+    const float* HWY_RESTRICT pr = p + runs[r].col;
+    for (size_t t = 0; t < runs[r].n; ++t) {
+      if (lead != nullptr) {
+        PrefetchRows(lead + t * D + c, nullptr, kChunks * N * sizeof(T), runs[r].far);
+      }
+      const T* HWY_RESTRICT v = values + t * D + c;
+      hn::Vec<DF> vc[kChunks];
+      if constexpr (kChunks == 1) {
+        static_assert(!kSplit);  // Split dims come in pairs of chunks.
+        vc[0] = LoadF32(v);
+      } else {
+        for (size_t k = 0; k < kChunks; k += 2) LoadPairF32<kSplit>(v + k * N, vc[k], vc[k + 1]);
+      }
+      for (size_t j = 0; j < kQueries; ++j) {
+        const auto pj = hn::Set(df, pr[j * t_pad + t]);
+        for (size_t k = 0; k < kChunks; ++k) a[j][k] = hn::MulAdd(pj, vc[k], a[j][k]);
+      }
     }
   }
   for (size_t j = 0; j < kQueries; ++j) {
@@ -393,44 +439,57 @@ HWY_INLINE void ValueChunks(const float* HWY_RESTRICT p, size_t t_pad, const T* 
   }
 }
 
-// acc[j] += sum_t p[j][t] * V[t] for kQueries queries: the four of a group, or on AVX-512 a
-// group and the one or two queries left over after it (5 or 6: GQA 5 and 6, where ValuesOf<4> and
-// then Values1 or Values2 widened each V chunk twice). V chunks are widened in registers once
-// and feed kQueries independent accumulators each. With kSplit, acc holds each 2N dims' even
-// dims, then its odd ones (LoadPairF32). Row t of lead (null: none) is prefetched with row t, a
-// pass's dims at a time.
-template <size_t kQueries, bool kSplit, typename T>
-HWY_INLINE void ValuesOf(const float* HWY_RESTRICT p, size_t t_pad, const T* HWY_RESTRICT values,
-                         size_t n_keys, size_t D, float* HWY_RESTRICT acc, const T* lead,
-                         ptrdiff_t far) {
-  static_assert(kQueries == kQueryGroup || (HWY_TARGET <= HWY_AVX3 && kQueries <= 6));
-  const size_t N = hn::Lanes(DF());
-  size_t c = 0;
-#if HWY_TARGET <= HWY_AVX3
-  // Four chunks at a time where there are 32 registers (AVX-512): up to 24 accumulators + 4
-  // values + a probability, so each broadcast probability feeds four FMAs instead of two (f16
-  // decode 0.95-0.96x the time; f32 the same).
-  for (; c + 4 * N <= D; c += 4 * N) {
-    ValueChunks<kQueries, 4, kSplit>(p, t_pad, values, n_keys, D, c, acc, lead, far);
-  }
-#endif
-  // Two chunks at a time: 8 accumulators + 2 values + 4 probabilities fit 16 registers.
-  for (; c + 2 * N <= D; c += 2 * N) {
-    ValueChunks<kQueries, 2, kSplit>(p, t_pad, values, n_keys, D, c, acc, lead, far);
-  }
-  // One chunk left (head dim 80 on AVX-512), in natural order also with kSplit (SplitDims),
-  // summed as a vector: GQA 4 decode with head dim 80, 1 x 2,048, one thread, took 0.21-0.36x
-  // the time of a scalar loop over those 16 dims (which had taken more than the other 64).
-  if (c + N <= D) {
-    ValueChunks<kQueries, 1, false>(p, t_pad, values, n_keys, D, c, acc, lead, far);
-    c += N;
-  }
-  for (; c < D; ++c) {  // Dims past the last whole vector.
-    for (size_t t = 0; t < n_keys; ++t) {
-      const float v = ScalarToF32(values[t * D + c]);
-      for (size_t j = 0; j < kQueries; ++j) acc[j * D + c] += p[j * t_pad + t] * v;
+// Dims [c, D) past the last whole vector, one at a time, for kQueries queries over the runs.
+template <size_t kQueries, typename T>
+HWY_INLINE void ValueTail(const float* HWY_RESTRICT p, size_t t_pad, const ValueRun<T>* runs,
+                          size_t num_runs, size_t D, size_t c, float* HWY_RESTRICT acc) {
+  for (; c < D; ++c) {
+    for (size_t r = 0; r < num_runs; ++r) {
+      const float* HWY_RESTRICT pr = p + runs[r].col;
+      for (size_t t = 0; t < runs[r].n; ++t) {
+        const float v = ScalarToF32(runs[r].values[t * D + c]);
+        for (size_t j = 0; j < kQueries; ++j) acc[j * D + c] += pr[j * t_pad + t] * v;
+      }
     }
   }
+}
+
+// acc[j] += sum_t p[j][t] * V[t] for kQueries queries over a step's runs: the four of a group,
+// or on AVX-512 a group and the one or two queries left over after it (5 or 6: GQA 5 and 6,
+// where ValuesOf<4> and then Values1 or Values2 widened each V chunk twice). V chunks are widened
+// in registers once and feed kQueries independent accumulators each. With kSplit, acc holds each
+// 2N dims' even dims, then its odd ones (LoadPairF32). Lead rows are prefetched with the rows, a
+// pass's dims at a time.
+template <size_t kQueries, bool kSplit, typename T>
+HWY_INLINE void ValuesOf(const float* HWY_RESTRICT p, size_t t_pad, const ValueRun<T>* runs,
+                         size_t num_runs, size_t D, float* HWY_RESTRICT acc) {
+  static_assert(kQueries == kQueryGroup || (HWY_TARGET <= HWY_AVX3 && kQueries <= 6));
+  const size_t N = hn::Lanes(DF());
+  const size_t pass_dims = (HWY_TARGET <= HWY_AVX3 ? 4 : 2) * N;
+  const size_t passes = (D + pass_dims - 1) / pass_dims;
+  ForEachValueWindow(runs, num_runs, D, passes, [&](const ValueRun<T>* w, size_t nw) {
+    size_t c = 0;
+#if HWY_TARGET <= HWY_AVX3
+    // Four chunks at a time where there are 32 registers (AVX-512): up to 24 accumulators + 4
+    // values + a probability, so each broadcast probability feeds four FMAs instead of two (f16
+    // decode 0.95-0.96x the time; f32 the same).
+    for (; c + 4 * N <= D; c += 4 * N) {
+      ValueChunks<kQueries, 4, kSplit>(p, t_pad, w, nw, D, c, acc);
+    }
+#endif
+    // Two chunks at a time: 8 accumulators + 2 values + 4 probabilities fit 16 registers.
+    for (; c + 2 * N <= D; c += 2 * N) {
+      ValueChunks<kQueries, 2, kSplit>(p, t_pad, w, nw, D, c, acc);
+    }
+    // One chunk left (head dim 80 on AVX-512), in natural order also with kSplit (SplitDims),
+    // summed as a vector: GQA 4 decode with head dim 80, 1 x 2,048, one thread, took 0.21-0.36x
+    // the time of a scalar loop over those 16 dims (which had taken more than the other 64).
+    if (c + N <= D) {
+      ValueChunks<kQueries, 1, false>(p, t_pad, w, nw, D, c, acc);
+      c += N;
+    }
+    ValueTail<kQueries>(p, t_pad, w, nw, D, c, acc);
+  });
 }
 
 #if HWY_TARGET <= HWY_AVX3
@@ -442,13 +501,13 @@ HWY_INLINE void ValuesOf(const float* HWY_RESTRICT p, size_t t_pad, const T* HWY
 // 0.91-0.93x (f32 has nothing to widen: its gain is the second read of V). kQueries = 7: the
 // first seven only (GQA 7, whose eighth slot is padding).
 template <bool kSplit, size_t kQueries = 2 * kQueryGroup, typename T>
-HWY_INLINE void Values8(const float* HWY_RESTRICT p, size_t t_pad, const T* HWY_RESTRICT values,
-                        size_t n_keys, size_t D, float* HWY_RESTRICT acc, const T* lead,
-                        ptrdiff_t far) {
+HWY_INLINE void Values8(const float* HWY_RESTRICT p, size_t t_pad, const ValueRun<T>* runs,
+                        size_t num_runs, size_t D, float* HWY_RESTRICT acc) {
   const size_t N = hn::Lanes(DF());
-  for (size_t c = 0; c < D; c += 2 * N) {
-    ValueChunks<kQueries, 2, kSplit>(p, t_pad, values, n_keys, D, c, acc, lead, far);
-  }
+  ForEachValueWindow(runs, num_runs, D, D / (2 * N), [&](const ValueRun<T>* w, size_t nw) {
+    for (size_t c = 0; c < D; c += 2 * N)
+      ValueChunks<kQueries, 2, kSplit>(p, t_pad, w, nw, D, c, acc);
+  });
 }
 #endif
 
@@ -608,27 +667,20 @@ HWY_INLINE void Scores2(const float* HWY_RESTRICT q, const T* HWY_RESTRICT keys,
 // acc[j] += sum_t p[j][t] * V[t] for two queries, on AVX-512: eight chunks at a time feed 16
 // accumulators, so each V chunk is widened once for both. kSplit and lead as ValuesOf.
 template <bool kSplit, typename T>
-HWY_INLINE void Values2(const float* HWY_RESTRICT p, size_t t_pad, const T* HWY_RESTRICT values,
-                        size_t n_keys, size_t D, float* HWY_RESTRICT acc, const T* lead,
-                        ptrdiff_t far) {
+HWY_INLINE void Values2(const float* HWY_RESTRICT p, size_t t_pad, const ValueRun<T>* runs,
+                        size_t num_runs, size_t D, float* HWY_RESTRICT acc) {
   const size_t N = hn::Lanes(DF());
-  size_t c = 0;
-  for (; c + 8 * N <= D; c += 8 * N) {
-    ValueChunks<2, 8, kSplit>(p, t_pad, values, n_keys, D, c, acc, lead, far);
-  }
-  for (; c + 2 * N <= D; c += 2 * N) {
-    ValueChunks<2, 2, kSplit>(p, t_pad, values, n_keys, D, c, acc, lead, far);
-  }
-  if (c + N <= D) {  // As ValuesOf.
-    ValueChunks<2, 1, false>(p, t_pad, values, n_keys, D, c, acc, lead, far);
-    c += N;
-  }
-  for (; c < D; ++c) {  // Dims past the last whole vector.
-    for (size_t t = 0; t < n_keys; ++t) {
-      const float v = ScalarToF32(values[t * D + c]);
-      for (size_t j = 0; j < 2; ++j) acc[j * D + c] += p[j * t_pad + t] * v;
+  const size_t passes = (D + 8 * N - 1) / (8 * N);
+  ForEachValueWindow(runs, num_runs, D, passes, [&](const ValueRun<T>* w, size_t nw) {
+    size_t c = 0;
+    for (; c + 8 * N <= D; c += 8 * N) ValueChunks<2, 8, kSplit>(p, t_pad, w, nw, D, c, acc);
+    for (; c + 2 * N <= D; c += 2 * N) ValueChunks<2, 2, kSplit>(p, t_pad, w, nw, D, c, acc);
+    if (c + N <= D) {  // As ValuesOf.
+      ValueChunks<2, 1, false>(p, t_pad, w, nw, D, c, acc);
+      c += N;
     }
-  }
+    ValueTail<2>(p, t_pad, w, nw, D, c, acc);
+  });
 }
 #endif
 
