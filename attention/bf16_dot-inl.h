@@ -30,6 +30,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #include "attention/softmax_exp-inl.h"
 #include "hwy/cache_control.h"
@@ -80,6 +81,23 @@ struct DotSegment {
   // to V's), fetched into L2 with the lead rows; 0: none.
   ptrdiff_t far = 0;
 };
+
+// Moves every row pointer of `segments` (not the offsets) `bytes` on, leaving null ones null.
+inline void MoveSegments(int64_t bytes, std::vector<DotSegment>& segments) {
+  const auto move = [bytes](const uint16_t*& p) {
+    if (p == nullptr) return;
+    p = reinterpret_cast<const uint16_t*>(reinterpret_cast<const char*>(p) + bytes);
+  };
+  for (DotSegment& g : segments) {
+    move(g.keys);
+    move(g.values);
+    move(g.lead_k);
+    move(g.lead_v);
+    move(g.first_v);
+    move(g.far_k);
+    move(g.far_v);
+  }
+}
 
 // Prefetches `bytes` from each of k and v that is not null: into L1 where far is 0, and where it
 // is not (PageFetch::kFar) into L2, and the bytes `far` on from each into L2 as well (from rows
