@@ -55,6 +55,7 @@
 
 #include "attention/bf16_dot-inl.h"
 #include "attention/kernel_args.h"
+#include "attention/page_segment.h"
 #include "attention/row_products-inl.h"
 #include "attention/soft_cap-inl.h"
 #include "attention/softmax_exp-inl.h"
@@ -124,7 +125,10 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
 
   thread_local Scratch scratch;
   Scratch& s = scratch;
-  // The step's pages as the value passes read them (ValueRun).
+  // The step's pages for the current head (PageSegment; bf16 bits on the vdpbf16ps path), and as
+  // the widening path's value passes read them (ValueRun).
+  using E = std::conditional_t<kDot, uint16_t, T>;
+  thread_local std::vector<PageSegment<E>> segments;
   thread_local std::vector<ValueRun<T>> runs;
   // Per head h: queries, accumulators and softmax state of slots [h * NS, (h + 1) * NS); the
   // step's scores (and probabilities) are shared, each head's used up before the next.
@@ -275,55 +279,54 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
       acc_all = s.acc.data() + h * NS * acc_stride;
       m = s.m.data() + h * NS;
       l = s.l.data() + h * NS;
-      // Scores of every page of the step, side by side: column = key - t0.
-      if constexpr (kDot) {
-        if (h > 0 && h + 1 < H) {
-          // A middle head's segments are the head before's, moved on by a head: its pages (and
-          // the next head's, which it fetches ahead) lie head_stride_bytes on
-          // (PagedKvView::Page), and so its far offsets stay. The last head's pages ahead are the
-          // first head's a step on, built as the first head's are. bf16 decode, Zen 4, calls
-          // alternated, against building every head's: 1 x 2,048 (L3) 0.965-0.97x the time,
-          // 32 x 2,048 and 1 x 32,768 (DRAM) 0.97-0.98x at one thread and two; contiguous 1.00x.
-          MoveSegments(view.head_stride_bytes, s.pages);
-        } else {
-          s.pages.clear();
-          for_each_part(t0, t1, [&](int64_t b, int64_t p0, int64_t p1, int64_t tb) {
-            const bool first = p0 == std::max(t0, b * bs);  // The run's first part.
-            const size_t row0 = static_cast<size_t>(p0 - b * bs) * D;
-            const auto bits = [](const T* p) { return reinterpret_cast<const uint16_t*>(p); };
-            // The first part touches the pages a step ahead. (Filled in place: a copy of a
-            // DotSegment built field by field stalled on store forwarding, 1.04x the time in L3.)
-            s.pages.push_back(
-                DotSegment{bits(PageOf<T>(view, a.layer, false, table[b], kv_head) + row0),
-                           bits(PageOf<T>(view, a.layer, true, table[b], kv_head) + row0),
-                           static_cast<size_t>(p1 - p0), static_cast<size_t>(p0 - t0),
-                           bits(lead_rows(false, tb, p0)), bits(lead_rows(true, tb, p0)), nullptr,
-                           bits(first ? page_ahead(false, b) : nullptr),
-                           bits(first ? page_ahead(true, b) : nullptr), far_bytes(b, p0, p1, tb)});
-          });
-          // V is fetched for the value pass, not with the keys: the value pass fetches its lead
-          // rows, and the keys of the step's last part fetch the step's first V rows (instead of
-          // the value pass of the step before), as many as that part has. Fetched with the keys,
-          // a 256-key step's V left L1 before it was read: 13% slower from DRAM, 3% in L3 (one
-          // thread). The widening path splits them too (values_fetch_v).
-          if (s.pages.size() > 1 && s.pages.front().n >= s.pages.back().n) {
-            s.pages.back().first_v = s.pages.front().values;
-            s.pages.back().lead_v = nullptr;
-          }
-        }
-        DotScores(packed, NQ, s.pages.data(), s.pages.size(), D, scores_all, t_pad);
+      // The step's pages: a middle head's are the head before's, moved on by a head (its pages,
+      // and the next head's, which it fetches ahead, lie head_stride_bytes on: PagedKvView::Page),
+      // its far offsets the same. The first head's and the last head's (whose pages ahead are the
+      // first head's a step on) are built. Decode, Zen 4, one thread, calls alternated, against
+      // building every head's: 1 x 2,048 (L3) bf16 (the vdpbf16ps path) 0.965-0.97x the time,
+      // f32 0.98x, f16 0.98x; 32 x 2,048 and 1 x 32,768 (DRAM) 0.97-0.99x, at two threads too;
+      // contiguous 1.00x. (Built page by page as they were read, the widening path's took
+      // 1.02-1.06x f32's time and 1.06-1.09x f16's in L3: separate runs of the two builds.)
+      if (h > 0 && h + 1 < H) {
+        MoveSegments(view.head_stride_bytes, segments);
       } else {
+        segments.clear();
         for_each_part(t0, t1, [&](int64_t b, int64_t p0, int64_t p1, int64_t tb) {
           const bool first = p0 == std::max(t0, b * bs);  // The run's first part.
-          // The page a step ahead, whose first line TouchAhead fetches.
-          TouchAhead(first ? page_ahead(false, b) : nullptr, first ? page_ahead(true, b) : nullptr);
           const size_t row0 = static_cast<size_t>(p0 - b * bs) * D;
-          const T* keys = PageOf<T>(view, a.layer, false, table[b], kv_head) + row0;
-          const size_t n_part = static_cast<size_t>(p1 - p0);
-          const size_t col = static_cast<size_t>(p0 - t0);
-          const T* lead_k = lead_rows(false, tb, p0);
-          const ptrdiff_t far_off = far_bytes(b, p0, p1, tb);
-          const T* lead_v = values_fetch_v ? nullptr : lead_rows(true, tb, p0);
+          const auto elems = [](const T* p) { return reinterpret_cast<const E*>(p); };
+          // The first part touches the pages a step ahead. (Filled in place: a copy of a
+          // segment built field by field stalled on store forwarding, 1.04x the time in L3.)
+          segments.push_back(PageSegment<E>{
+              elems(PageOf<T>(view, a.layer, false, table[b], kv_head) + row0),
+              elems(PageOf<T>(view, a.layer, true, table[b], kv_head) + row0),
+              static_cast<size_t>(p1 - p0), static_cast<size_t>(p0 - t0),
+              elems(lead_rows(false, tb, p0)), elems(lead_rows(true, tb, p0)), nullptr,
+              elems(first ? page_ahead(false, b) : nullptr),
+              elems(first ? page_ahead(true, b) : nullptr), far_bytes(b, p0, p1, tb)});
+        });
+        // V is fetched for the value pass, not with the keys: the value pass fetches its lead
+        // rows, and (vdpbf16ps path) the keys of the step's last part fetch the step's first V
+        // rows (instead of the value pass of the step before), as many as that part has. Fetched
+        // with the keys, a 256-key step's V left L1 before it was read: 13% slower from DRAM, 3%
+        // in L3 (one thread). The widening path splits them too (values_fetch_v).
+        if (kDot && segments.size() > 1 && segments.front().n >= segments.back().n) {
+          segments.back().first_v = segments.front().values;
+          segments.back().lead_v = nullptr;
+        }
+      }
+      // Scores of every page of the step, side by side: column = key - t0.
+      if constexpr (kDot) {
+        DotScores(packed, NQ, segments.data(), segments.size(), D, scores_all, t_pad);
+      } else {
+        for (const PageSegment<E>& g : segments) {
+          TouchAhead(g.far_k, g.far_v);  // The pages a step ahead.
+          const T* keys = g.keys;
+          const size_t n_part = g.n;
+          const size_t col = g.col;
+          const T* lead_k = g.lead_k;
+          const ptrdiff_t far_off = g.far;
+          const T* lead_v = values_fetch_v ? nullptr : g.lead_v;
           // Only the first query group prefetches: the others read the same rows.
           size_t j = 0;
 #if HWY_TARGET <= HWY_AVX3
@@ -364,7 +367,7 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
             Scores1<kSplit>(q_all + j * D, keys, n_part, D, scores_all + j * t_pad + col,
                             j == 0 ? lead_k : nullptr, lead_v, far_off);
           }
-        });
+        }
       }
       for (size_t j = 0; j < NQ; ++j) {
         float* row = scores_all + j * t_pad;
@@ -419,19 +422,18 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
         }
       }
       if constexpr (kDot) {
-        DotValues(s.probabilities.data(), t_pad, NQ, s.pages.data(), s.pages.size(), D, acc_all,
+        DotValues(s.probabilities.data(), t_pad, NQ, segments.data(), segments.size(), D, acc_all,
                   acc_stride);
         continue;
       }
       // The step's pages as value runs, summed group by group over all of them (ValuesOf).
       runs.clear();
-      for_each_part(t0, t1, [&](int64_t b, int64_t p0, int64_t p1, int64_t tb) {
-        runs.push_back(ValueRun<T>{PageOf<T>(view, a.layer, true, table[b], kv_head) +
-                                       static_cast<size_t>(p0 - b * bs) * D,
-                                   static_cast<size_t>(p1 - p0), static_cast<size_t>(p0 - t0),
-                                   values_fetch_v ? lead_rows(true, tb, p0) : nullptr,
-                                   far_bytes(b, p0, p1, tb)});
-      });
+      // (E is T here: the vdpbf16ps path has left.)
+      const auto of_t = [](const E* p) { return reinterpret_cast<const T*>(p); };
+      for (const PageSegment<E>& g : segments) {
+        runs.push_back(ValueRun<T>{of_t(g.values), g.n, g.col,
+                                   values_fetch_v ? of_t(g.lead_v) : nullptr, g.far});
+      }
       const ValueRun<T>* const all = runs.data();
       const size_t num_runs = runs.size();
       size_t j = 0;

@@ -30,8 +30,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
-#include <vector>
 
+#include "attention/page_segment.h"
 #include "attention/softmax_exp-inl.h"
 #include "hwy/cache_control.h"
 #include "hwy/highway.h"
@@ -59,45 +59,8 @@ inline void StoreDotValues(const float* HWY_RESTRICT acc, size_t D, float scale,
   }
 }
 
-// Rows of one page that a step reads, as DotScores and DotValues take them.
-struct DotSegment {
-  const uint16_t* keys;    // bf16 bits, n rows of head_dim.
-  const uint16_t* values;  // The same rows of V.
-  size_t n;
-  size_t col;  // Column of the first row in the step's score rows.
-  // K and V rows kLeadRows positions on (in one page; null: none), fetched row for row (into L1,
-  // or into L2 where `far` is not 0: PrefetchRows): K while these keys are dotted, V while these
-  // values are summed.
-  const uint16_t* lead_k = nullptr;
-  const uint16_t* lead_v = nullptr;
-  // V rows fetched with these keys (null: none): the step's first, which its value pass reads
-  // first (see AttendItemT).
-  const uint16_t* first_v = nullptr;
-  // The first line of the K and V pages one step ahead (AttendItemT's page_ahead; null: none),
-  // touched once while this page's values are summed (TouchAhead).
-  const uint16_t* far_k = nullptr;
-  const uint16_t* far_v = nullptr;
-  // PageFetch::kFar: bytes from lead_k to these rows of the K page a step ahead (and from lead_v
-  // to V's), fetched into L2 with the lead rows; 0: none.
-  ptrdiff_t far = 0;
-};
-
-// Moves every row pointer of `segments` (not the offsets) `bytes` on, leaving null ones null.
-inline void MoveSegments(int64_t bytes, std::vector<DotSegment>& segments) {
-  const auto move = [bytes](const uint16_t*& p) {
-    if (p == nullptr) return;
-    p = reinterpret_cast<const uint16_t*>(reinterpret_cast<const char*>(p) + bytes);
-  };
-  for (DotSegment& g : segments) {
-    move(g.keys);
-    move(g.values);
-    move(g.lead_k);
-    move(g.lead_v);
-    move(g.first_v);
-    move(g.far_k);
-    move(g.far_v);
-  }
-}
+// Rows of one page that a step reads, as DotScores and DotValues take them: bf16 bits.
+using DotSegment = PageSegment<uint16_t>;
 
 // Prefetches `bytes` from each of k and v that is not null: into L1 where far is 0, and where it
 // is not (PageFetch::kFar) into L2, and the bytes `far` on from each into L2 as well (from rows

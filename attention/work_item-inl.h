@@ -36,7 +36,6 @@ struct Scratch {
   std::vector<float> rotated_q;  // RotateQueries' copy of the row kernel's queries (AVX-512).
   std::vector<float> tile;  // K or V rows widened to f32, for the tile kernel.
   std::vector<uint16_t> packed_q, probabilities;  // bf16 bits, for the vdpbf16ps path.
-  std::vector<DotSegment> pages;
 };
 
 // The query rows of a work item and the keys they may see.
