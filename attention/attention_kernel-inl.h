@@ -23,15 +23,15 @@
 // K rows kLeadRows positions ahead are prefetched, row for row, while keys are scored, and V rows
 // while values are summed, across page boundaries: the hardware prefetcher does not follow a jump
 // to a scattered page, nor keep far enough ahead inside a large one. With PageFetch::kFar the same
-// rows of the pages a step ahead are fetched into L2 with them (far_bytes), and wherever there
-// are such rows (not past the item's last page) the lead rows too go into L2 instead of L1
+// rows of the pages a step ahead are fetched into L2 with them (PageSegment::far), and wherever
+// there are such rows (not past the item's last page) the lead rows too go into L2 instead of L1
 // (PrefetchRows).
 //
 // An item may hold several KV heads of its sequence (WorkItem::kv_heads). With PageFetch::kFar
 // each step is taken for one head after another (head-local queries, accumulators and softmax
 // state; shared scores), so a block's pages are read for all heads close in time, and the pages
 // "a step ahead" are those read one head-step later: the next head's pages of the same step, and
-// after the last head the first head's pages of the next step (page_ahead). Otherwise the
+// after the last head the first head's pages of the next step (build_segments). Otherwise the
 // caller takes the heads one at a time (AttendItem). bf16 decode on the Zen 4 VM, calls
 // alternated against an item per head, one thread: from DRAM 0.82-0.83x the time for
 // 1 x 32,768 and 0.92-0.93x for 32 x 2,048 (f16 1 x 32,768: 0.85x), in L3 0.98-1.01x for the
@@ -125,10 +125,7 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
 
   thread_local Scratch scratch;
   Scratch& s = scratch;
-  // The step's pages for the current head (PageSegment; bf16 bits on the vdpbf16ps path), and as
-  // the widening path's value passes read them (ValueRun).
-  using E = std::conditional_t<kDot, uint16_t, T>;
-  thread_local std::vector<PageSegment<E>> segments;
+  // The step's pages as the widening path's value passes read them (ValueRun).
   thread_local std::vector<ValueRun<T>> runs;
   // Per head h: queries, accumulators and softmax state of slots [h * NS, (h + 1) * NS); the
   // step's scores (and probabilities) are shared, each head's used up before the next.
@@ -228,45 +225,76 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
       }
     }
   };
-  // The K or V page read one head-step after page b of the current head: the next head's page
-  // b, or after the item's last head its first head's page a step on (null past the last page).
-  const auto page_ahead = [&](bool v, int64_t b) -> const T* {
-    if (kv_head + 1 < it.kv_head + it.kv_heads) {
-      return PageOf<T>(view, a.layer, v, table[b], kv_head + 1);
-    }
-    return b + ahead <= last_page ? PageOf<T>(view, a.layer, v, table[b + ahead], it.kv_head)
-                                  : nullptr;
-  };
-  // PageFetch::kFar: bytes from the lead rows of the part [p0, p1) of page b (in page tb; as
-  // lead_rows) to its own rows in the page a step ahead (page_ahead), which PrefetchRows fetches
-  // into L2 with them; 0 where there is none. The same for K and V: their pools lie a fixed
-  // distance apart (PagedKvView::Page). A part of a run read as one page (join_runs) finds all
-  // its rows ahead at that one distance: in the next head's pages, which lie as this head's do,
-  // or after the last head in the first head's pages a step on, where those form a run too (not
-  // checked page by page: a wrong guess costs a wasted prefetch, never a wrong value). Such
-  // parts fetched nothing far before, their lead rows into L1 alone: head-major runs of 8 and 128
-  // pages, 32 x 2,048 and 1 x 32,768 (one run), Zen 4, calls alternated, took 0.57-0.68x that
-  // time from DRAM at one thread (all three dtypes) and 0.76-0.77x at two; in L3 (1 x 2,048)
-  // bf16 1.10x, f32 1.02-1.03x, f16 1.00x, what the far fetch costs a contiguous cache there too.
-  const auto far_bytes = [&](int64_t b, int64_t p0, int64_t p1, int64_t tb) -> ptrdiff_t {
-    if (!a.fetch_far || tb > last_page) return 0;
-    const int64_t lb = (p1 - 1) / bs;  // The part's last page.
-    if (lb > b && kv_head + 1 == it.kv_head + it.kv_heads &&
-        (lb + ahead > last_page || table[lb + ahead] != table[b + ahead] + (lb - b))) {
-      return 0;
-    }
-    const T* far_page = page_ahead(false, b);
-    if (far_page == nullptr) return 0;
-    const T* far = far_page + static_cast<size_t>(p0 - b * bs) * D;
-    const T* lead_k = PageOf<T>(view, a.layer, false, table[tb], kv_head) +
-                      static_cast<size_t>(p0 + lead - tb * bs) * D;
-    return reinterpret_cast<const char*>(far) - reinterpret_cast<const char*>(lead_k);
-  };
-  // Rows p0 + lead on of K or V, in page tb (null past the item's last page).
-  const auto lead_rows = [&](bool v, int64_t tb, int64_t p0) -> const T* {
-    return tb <= last_page ? PageOf<T>(view, a.layer, v, table[tb], kv_head) +
-                                 static_cast<size_t>(p0 + lead - tb * bs) * D
-                           : nullptr;
+  // Builds the current head's segments of the step [t0, t1), one per part (for_each_part).
+  //
+  // With each part, its lead rows (rows p0 + lead on, in page tb; none past the item's last page)
+  // and the first line of its pages a step ahead, the pages read one head-step later: the next
+  // head's page b, or after the item's last head its first head's page a step on (none past the
+  // last page). far (PageFetch::kFar): bytes from the part's lead rows to its own rows in the page
+  // a step ahead, which PrefetchRows fetches into L2 with them; 0 where there is none. The same
+  // for K and V: their pools lie a fixed distance apart (PagedKvView::Page).
+  //
+  // A part of a run read as one page (join_runs) finds all its rows ahead at that one distance: in
+  // the next head's pages, which lie as this head's do, or after the last head in the first
+  // head's pages a step on, where those form a run too (not checked page by page: a wrong guess
+  // costs a wasted prefetch, never a wrong value). Such parts fetched nothing far before, their
+  // lead rows into L1 alone: head-major runs of 8 and 128 pages, 32 x 2,048 and 1 x 32,768 (one
+  // run), Zen 4, calls alternated, took 0.57-0.68x that time from DRAM at one thread (all three
+  // dtypes) and 0.76-0.77x at two; in L3 (1 x 2,048) bf16 1.10x, f32 1.02-1.03x, f16 1.00x, what
+  // the far fetch costs a contiguous cache there too.
+  //
+  // Addresses are taken from the head's block 0 and the strides, held in locals: read through
+  // the view (PageOf per address), they were loaded again after every segment stored. Decode,
+  // Zen 4, calls alternated, against PageOf: 1 x 2,048 (L3) bf16 0.99x the time at one thread and
+  // 0.96-0.97x at two (two heads an item, all built), f16 0.99x and 0.97x, f32 1.00x; from DRAM
+  // 0.99-1.00x.
+  using E = std::conditional_t<kDot, uint16_t, T>;
+  thread_local std::vector<PageSegment<E>> segments;
+  const auto build_segments = [&](int64_t t0, int64_t t1) {
+    const char* const base =
+        reinterpret_cast<const char*>(PageOf<T>(view, a.layer, false, 0, kv_head));
+    const ptrdiff_t v_off = view.pool_stride_bytes;  // From a K page to its V page.
+    const ptrdiff_t block_bytes = view.block_stride_bytes;
+    const ptrdiff_t row_bytes = static_cast<ptrdiff_t>(D * sizeof(T));
+    const bool last_head = kv_head + 1 == it.kv_head + it.kv_heads;
+    // The next head's pages lie a head on; the first head's, kv_head - it.kv_head heads back.
+    const ptrdiff_t ahead_head_bytes =
+        (last_head ? it.kv_head - kv_head : 1) * view.head_stride_bytes;
+    const bool fetch_far = a.fetch_far;
+    const auto elems = [](const char* p) { return reinterpret_cast<const E*>(p); };
+    segments.clear();
+    for_each_part(t0, t1, [&](int64_t b, int64_t p0, int64_t p1, int64_t tb) {
+      const char* const page = base + table[b] * block_bytes;
+      const char* const part_rows = page + (p0 - b * bs) * row_bytes;
+      const char* const lead_k =
+          tb <= last_page ? base + table[tb] * block_bytes + (p0 + lead - tb * bs) * row_bytes
+                          : nullptr;
+      const char* ahead_page = nullptr;
+      if (!last_head) {
+        ahead_page = page + ahead_head_bytes;
+      } else if (b + ahead <= last_page) {
+        ahead_page = base + table[b + ahead] * block_bytes + ahead_head_bytes;
+      }
+      ptrdiff_t far = 0;
+      if (fetch_far && lead_k != nullptr && ahead_page != nullptr) {
+        far = ahead_page + (part_rows - page) - lead_k;
+        // A part of a run on more than one page, after the last head: its last page's pages
+        // a step ahead must follow on from its first's.
+        if (last_head && p1 > (b + 1) * bs) {
+          const int64_t lb = (p1 - 1) / bs;
+          if (lb + ahead > last_page || table[lb + ahead] != table[b + ahead] + (lb - b)) far = 0;
+        }
+      }
+      // The run's first part touches the pages a step ahead. (Filled in place: a copy of a
+      // segment built field by field stalled on store forwarding, 1.04x the time in L3.)
+      const bool first = p0 == std::max(t0, b * bs);
+      segments.push_back(PageSegment<E>{
+          elems(part_rows), elems(part_rows + v_off), static_cast<size_t>(p1 - p0),
+          static_cast<size_t>(p0 - t0), elems(lead_k),
+          elems(lead_k == nullptr ? nullptr : lead_k + v_off), nullptr,
+          elems(first ? ahead_page : nullptr),
+          elems(first && ahead_page != nullptr ? ahead_page + v_off : nullptr), far});
+    });
   };
   for (int64_t t0 = lo, t1 = lo; t0 < hi; t0 = t1) {
     t1 = std::min(hi, (t0 / step + 1) * step);
@@ -290,21 +318,7 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
       if (h > 0 && h + 1 < H) {
         MoveSegments(view.head_stride_bytes, segments);
       } else {
-        segments.clear();
-        for_each_part(t0, t1, [&](int64_t b, int64_t p0, int64_t p1, int64_t tb) {
-          const bool first = p0 == std::max(t0, b * bs);  // The run's first part.
-          const size_t row0 = static_cast<size_t>(p0 - b * bs) * D;
-          const auto elems = [](const T* p) { return reinterpret_cast<const E*>(p); };
-          // The first part touches the pages a step ahead. (Filled in place: a copy of a
-          // segment built field by field stalled on store forwarding, 1.04x the time in L3.)
-          segments.push_back(PageSegment<E>{
-              elems(PageOf<T>(view, a.layer, false, table[b], kv_head) + row0),
-              elems(PageOf<T>(view, a.layer, true, table[b], kv_head) + row0),
-              static_cast<size_t>(p1 - p0), static_cast<size_t>(p0 - t0),
-              elems(lead_rows(false, tb, p0)), elems(lead_rows(true, tb, p0)), nullptr,
-              elems(first ? page_ahead(false, b) : nullptr),
-              elems(first ? page_ahead(true, b) : nullptr), far_bytes(b, p0, p1, tb)});
-        });
+        build_segments(t0, t1);
         // V is fetched for the value pass, not with the keys: the value pass fetches its lead
         // rows, and (vdpbf16ps path) the keys of the step's last part fetch the step's first V
         // rows (instead of the value pass of the step before), as many as that part has. Fetched

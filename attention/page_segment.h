@@ -24,7 +24,7 @@ struct PageSegment {
   // V rows fetched with these keys (null: none): the step's first, which its value pass reads
   // first (see AttendItemT; the vdpbf16ps path only).
   const T* first_v = nullptr;
-  // The first line of the K and V pages one step ahead (AttendItemT's page_ahead; null: none),
+  // The first line of the K and V pages one step ahead (AttendItemT's build_segments; null: none),
   // touched once per page (TouchAhead).
   const T* far_k = nullptr;
   const T* far_v = nullptr;
