@@ -125,8 +125,6 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
 
   thread_local Scratch scratch;
   Scratch& s = scratch;
-  // The step's pages as the widening path's value passes read them (ValueRun).
-  thread_local std::vector<ValueRun<T>> runs;
   // Per head h: queries, accumulators and softmax state of slots [h * NS, (h + 1) * NS); the
   // step's scores (and probabilities) are shared, each head's used up before the next.
   s.q.assign(H * NS * D, 0.0f);
@@ -438,74 +436,60 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
       if constexpr (kDot) {
         DotValues(s.probabilities.data(), t_pad, NQ, segments.data(), segments.size(), D, acc_all,
                   acc_stride);
-        continue;
-      }
-      // The step's pages as value runs, summed group by group over all of them (ValuesOf).
-      runs.clear();
-      // (E is T here: the vdpbf16ps path has left.)
-      const auto of_t = [](const E* p) { return reinterpret_cast<const T*>(p); };
-      for (const PageSegment<E>& g : segments) {
-        runs.push_back(ValueRun<T>{of_t(g.values), g.n, g.col,
-                                   values_fetch_v ? of_t(g.lead_v) : nullptr, g.far});
-      }
-      const ValueRun<T>* const all = runs.data();
-      const size_t num_runs = runs.size();
-      size_t j = 0;
-      // Only the first query group prefetches: the others read the same rows.
-      bool leads = true;
-      const auto without_lead = [&] {
-        if (j > 0 && leads) {
-          for (ValueRun<T>& run : runs) run.lead = nullptr;
-          leads = false;
-        }
-      };
+      } else {
+        // The step's pages, summed group by group over all of them (ValuesOf). Only the first
+        // query group prefetches: the others read the same rows.
+        const PageSegment<T>* const all = segments.data();
+        const size_t num_runs = segments.size();
+        size_t j = 0;
+        const auto fetch = [&] { return values_fetch_v && j == 0; };
 #if HWY_TARGET <= HWY_AVX3
-      if (D % (2 * N) == 0) {
-        for (; j + 2 * kQueryGroup <= NQ4; j += 2 * kQueryGroup) {
-          without_lead();
-          const float* pj = scores_all + j * t_pad;
-          // Seven queries padded to eight (GQA 7) sum no values for the padding: decode 1 x 256
-          // and 1 x 2,048, one thread, on Emerald Rapids, calls alternated in one process, two
-          // runs: bf16 0.95-1.01x the time, f16 0.93-1.00x, f32 0.92-1.03x (GQA 4: 0.98-1.01x).
-          if (NQ - j == 2 * kQueryGroup - 1) {
-            Values8<kSplit, 2 * kQueryGroup - 1>(pj, t_pad, all, num_runs, D, acc_all + j * D);
-          } else {
-            Values8<kSplit>(pj, t_pad, all, num_runs, D, acc_all + j * D);
+        if (D % (2 * N) == 0) {
+          for (; j + 2 * kQueryGroup <= NQ4; j += 2 * kQueryGroup) {
+            const float* pj = scores_all + j * t_pad;
+            // Seven queries padded to eight (GQA 7) sum no values for the padding: decode 1 x 256
+            // and 1 x 2,048, one thread, on Emerald Rapids, calls alternated in one process, two
+            // runs: bf16 0.95-1.01x the time, f16 0.93-1.00x, f32 0.92-1.03x (GQA 4: 0.98-1.01x).
+            if (NQ - j == 2 * kQueryGroup - 1) {
+              Values8<kSplit, 2 * kQueryGroup - 1>(pj, t_pad, all, num_runs, D, acc_all + j * D,
+                                                   fetch());
+            } else {
+              Values8<kSplit>(pj, t_pad, all, num_runs, D, acc_all + j * D, fetch());
+            }
           }
         }
-      }
-      // The last group and the one or two queries after it (GQA 5 and 6) in one pass, each V
-      // chunk widened once for all: decode 1 x 2,048, one thread, on Emerald Rapids, against a
-      // group and then the rest (time relative to GQA 4 in the same run): GQA 5 0.84-0.96x the
-      // time, GQA 6 0.81-0.96x, over the three dtypes.
-      if (NQ > NQ4 && NQ - NQ4 <= 2 && NQ4 - j == kQueryGroup) {
-        without_lead();
-        const float* pj = scores_all + j * t_pad;
-        if (NQ - NQ4 == 1) {
-          ValuesOf<kQueryGroup + 1, kSplit>(pj, t_pad, all, num_runs, D, acc_all + j * D);
-        } else {
-          ValuesOf<kQueryGroup + 2, kSplit>(pj, t_pad, all, num_runs, D, acc_all + j * D);
+        // The last group and the one or two queries after it (GQA 5 and 6) in one pass, each V
+        // chunk widened once for all: decode 1 x 2,048, one thread, on Emerald Rapids, against a
+        // group and then the rest (time relative to GQA 4 in the same run): GQA 5 0.84-0.96x the
+        // time, GQA 6 0.81-0.96x, over the three dtypes.
+        if (NQ > NQ4 && NQ - NQ4 <= 2 && NQ4 - j == kQueryGroup) {
+          const float* pj = scores_all + j * t_pad;
+          if (NQ - NQ4 == 1) {
+            ValuesOf<kQueryGroup + 1, kSplit>(pj, t_pad, all, num_runs, D, acc_all + j * D,
+                                              fetch());
+          } else {
+            ValuesOf<kQueryGroup + 2, kSplit>(pj, t_pad, all, num_runs, D, acc_all + j * D,
+                                              fetch());
+          }
+          j = NQ;
         }
-        j = NQ;
-      }
 #endif
-      for (; j < NQ4; j += kQueryGroup) {
-        without_lead();
-        ValuesOf<kQueryGroup, kSplit>(scores_all + j * t_pad, t_pad, all, num_runs, D,
-                                      acc_all + j * D);
-      }
+        for (; j < NQ4; j += kQueryGroup) {
+          ValuesOf<kQueryGroup, kSplit>(scores_all + j * t_pad, t_pad, all, num_runs, D,
+                                        acc_all + j * D, fetch());
+        }
 #if HWY_TARGET <= HWY_AVX3
-      if (pair_rest && j < NQ) {
-        without_lead();
-        Values2<kSplit>(scores_all + j * t_pad, t_pad, all, num_runs, D, acc_all + j * D);
-        j += 2;
-      }
+        if (pair_rest && j < NQ) {
+          Values2<kSplit>(scores_all + j * t_pad, t_pad, all, num_runs, D, acc_all + j * D,
+                          fetch());
+          j += 2;
+        }
 #endif
-      for (; j < NQ; ++j) {  // From NQ4.
-        without_lead();
-        for (const ValueRun<T>& run : runs) {
-          Values1<kSplit>(scores_all + j * t_pad + run.col, run.values, run.n, D, acc_all + j * D,
-                          run.lead, run.far);
+        for (; j < NQ; ++j) {  // From NQ4.
+          for (const PageSegment<T>& run : segments) {
+            Values1<kSplit>(scores_all + j * t_pad + run.col, run.values, run.n, D, acc_all + j * D,
+                            fetch() ? run.lead_v : nullptr, run.far);
+          }
         }
       }
     }

@@ -16,6 +16,7 @@
 #include <cstring>
 
 #include "attention/bf16_dot-inl.h"
+#include "attention/page_segment.h"
 #include "attention/widen-inl.h"
 #include "hwy/highway.h"
 
@@ -359,18 +360,6 @@ HWY_INLINE void Scores8(const float* HWY_RESTRICT q, const float* HWY_RESTRICT r
 }
 #endif
 
-// The rows of one page of a step (or of a run of pages read as one) that the value passes read:
-// n rows of V, whose probabilities start at column col of the step's score rows, and the rows
-// kLeadRows positions on (lead; null: none), prefetched with them as PrefetchRows takes `far`.
-template <typename T>
-struct ValueRun {
-  const T* values;
-  size_t n;
-  size_t col;
-  const T* lead;
-  ptrdiff_t far;
-};
-
 // V rows a window of the value passes holds: each pass over some of the dims reads a window's
 // rows, and the next pass finds them in L1. Before, each page had passes of its own, which
 // loaded and stored their accumulators per page (16 rows). Decode of 16-token pages in random
@@ -380,16 +369,20 @@ struct ValueRun {
 // windows of 8 KiB f16 0.96x.
 constexpr size_t kValueWindowBytes = 16384;
 
+// The value passes read a step's pages as its segments (PageSegment: rows of V, their column in
+// the step's score rows, and with `fetch` their lead V rows, prefetched as PrefetchRows takes
+// `far`), a run of pages read as one being one segment.
+//
 // Calls pass(first, count) for consecutive windows of the runs, each of up to kValueWindowBytes
 // of rows (or one larger run), where a row takes at most two of the caller's passes (`passes`,
 // over its dims) or the runs fetch no lead rows; else one run at a time. The lead rows of a
 // window's later rows are fetched only a pass ahead of their reads: with eight passes (f32 on
 // AVX2), 1.04-1.08x the time from DRAM.
 template <typename T, typename Pass>
-HWY_INLINE void ForEachValueWindow(const ValueRun<T>* runs, size_t num_runs, size_t D,
-                                   size_t passes, const Pass& pass) {
+HWY_INLINE void ForEachValueWindow(const PageSegment<T>* runs, size_t num_runs, size_t D,
+                                   size_t passes, bool fetch, const Pass& pass) {
   bool fetching = false;
-  for (size_t r = 0; r < num_runs; ++r) fetching |= runs[r].lead != nullptr;
+  for (size_t r = 0; fetch && r < num_runs; ++r) fetching |= runs[r].lead_v != nullptr;
   const size_t window_rows =
       passes <= 2 || !fetching ? kValueWindowBytes / (D * sizeof(T)) : size_t{0};
   for (size_t r0 = 0, r1 = 0; r0 < num_runs; r0 = r1) {
@@ -402,10 +395,12 @@ HWY_INLINE void ForEachValueWindow(const ValueRun<T>* runs, size_t num_runs, siz
 // acc[j] += sum_t p[j][t] * V[t] over dims [c, c + kChunks * N) for kQueries queries (rows of p
 // t_pad apart, of acc D apart), over the rows of `num_runs` runs: kChunks V chunks, widened once
 // per key (in pairs, as LoadPairF32), feed kQueries * kChunks accumulators, kept in registers
-// from run to run. The same dims of a run's lead row t are prefetched with its row t.
+// from run to run. With `fetch`, the same dims of a run's lead row t are prefetched with its row
+// t.
 template <size_t kQueries, size_t kChunks, bool kSplit, typename T>
-HWY_INLINE void ValueChunks(const float* HWY_RESTRICT p, size_t t_pad, const ValueRun<T>* runs,
-                            size_t num_runs, size_t D, size_t c, float* HWY_RESTRICT acc) {
+HWY_INLINE void ValueChunks(const float* HWY_RESTRICT p, size_t t_pad, const PageSegment<T>* runs,
+                            size_t num_runs, size_t D, size_t c, float* HWY_RESTRICT acc,
+                            bool fetch) {
   const DF df;
   const size_t N = hn::Lanes(df);
   hn::Vec<DF> a[kQueries][kChunks];
@@ -414,7 +409,7 @@ HWY_INLINE void ValueChunks(const float* HWY_RESTRICT p, size_t t_pad, const Val
   }
   for (size_t r = 0; r < num_runs; ++r) {
     const T* HWY_RESTRICT values = runs[r].values;
-    const T* lead = runs[r].lead;
+    const T* lead = fetch ? runs[r].lead_v : nullptr;
     const float* HWY_RESTRICT pr = p + runs[r].col;
     for (size_t t = 0; t < runs[r].n; ++t) {
       if (lead != nullptr) {
@@ -441,7 +436,7 @@ HWY_INLINE void ValueChunks(const float* HWY_RESTRICT p, size_t t_pad, const Val
 
 // Dims [c, D) past the last whole vector, one at a time, for kQueries queries over the runs.
 template <size_t kQueries, typename T>
-HWY_INLINE void ValueTail(const float* HWY_RESTRICT p, size_t t_pad, const ValueRun<T>* runs,
+HWY_INLINE void ValueTail(const float* HWY_RESTRICT p, size_t t_pad, const PageSegment<T>* runs,
                           size_t num_runs, size_t D, size_t c, float* HWY_RESTRICT acc) {
   for (; c < D; ++c) {
     for (size_t r = 0; r < num_runs; ++r) {
@@ -458,34 +453,35 @@ HWY_INLINE void ValueTail(const float* HWY_RESTRICT p, size_t t_pad, const Value
 // or on AVX-512 a group and the one or two queries left over after it (5 or 6: GQA 5 and 6,
 // where ValuesOf<4> and then Values1 or Values2 widened each V chunk twice). V chunks are widened
 // in registers once and feed kQueries independent accumulators each. With kSplit, acc holds each
-// 2N dims' even dims, then its odd ones (LoadPairF32). Lead rows are prefetched with the rows, a
+// 2N dims' even dims, then its odd ones (LoadPairF32). With `fetch`, lead rows are prefetched with
+// the rows, a
 // pass's dims at a time.
 template <size_t kQueries, bool kSplit, typename T>
-HWY_INLINE void ValuesOf(const float* HWY_RESTRICT p, size_t t_pad, const ValueRun<T>* runs,
-                         size_t num_runs, size_t D, float* HWY_RESTRICT acc) {
+HWY_INLINE void ValuesOf(const float* HWY_RESTRICT p, size_t t_pad, const PageSegment<T>* runs,
+                         size_t num_runs, size_t D, float* HWY_RESTRICT acc, bool fetch) {
   static_assert(kQueries == kQueryGroup || (HWY_TARGET <= HWY_AVX3 && kQueries <= 6));
   const size_t N = hn::Lanes(DF());
   const size_t pass_dims = (HWY_TARGET <= HWY_AVX3 ? 4 : 2) * N;
   const size_t passes = (D + pass_dims - 1) / pass_dims;
-  ForEachValueWindow(runs, num_runs, D, passes, [&](const ValueRun<T>* w, size_t nw) {
+  ForEachValueWindow(runs, num_runs, D, passes, fetch, [&](const PageSegment<T>* w, size_t nw) {
     size_t c = 0;
 #if HWY_TARGET <= HWY_AVX3
     // Four chunks at a time where there are 32 registers (AVX-512): up to 24 accumulators + 4
     // values + a probability, so each broadcast probability feeds four FMAs instead of two (f16
     // decode 0.95-0.96x the time; f32 the same).
     for (; c + 4 * N <= D; c += 4 * N) {
-      ValueChunks<kQueries, 4, kSplit>(p, t_pad, w, nw, D, c, acc);
+      ValueChunks<kQueries, 4, kSplit>(p, t_pad, w, nw, D, c, acc, fetch);
     }
 #endif
     // Two chunks at a time: 8 accumulators + 2 values + 4 probabilities fit 16 registers.
     for (; c + 2 * N <= D; c += 2 * N) {
-      ValueChunks<kQueries, 2, kSplit>(p, t_pad, w, nw, D, c, acc);
+      ValueChunks<kQueries, 2, kSplit>(p, t_pad, w, nw, D, c, acc, fetch);
     }
     // One chunk left (head dim 80 on AVX-512), in natural order also with kSplit (SplitDims),
     // summed as a vector: GQA 4 decode with head dim 80, 1 x 2,048, one thread, took 0.21-0.36x
     // the time of a scalar loop over those 16 dims (which had taken more than the other 64).
     if (c + N <= D) {
-      ValueChunks<kQueries, 1, false>(p, t_pad, w, nw, D, c, acc);
+      ValueChunks<kQueries, 1, false>(p, t_pad, w, nw, D, c, acc, fetch);
       c += N;
     }
     ValueTail<kQueries>(p, t_pad, w, nw, D, c, acc);
@@ -501,13 +497,14 @@ HWY_INLINE void ValuesOf(const float* HWY_RESTRICT p, size_t t_pad, const ValueR
 // 0.91-0.93x (f32 has nothing to widen: its gain is the second read of V). kQueries = 7: the
 // first seven only (GQA 7, whose eighth slot is padding).
 template <bool kSplit, size_t kQueries = 2 * kQueryGroup, typename T>
-HWY_INLINE void Values8(const float* HWY_RESTRICT p, size_t t_pad, const ValueRun<T>* runs,
-                        size_t num_runs, size_t D, float* HWY_RESTRICT acc) {
+HWY_INLINE void Values8(const float* HWY_RESTRICT p, size_t t_pad, const PageSegment<T>* runs,
+                        size_t num_runs, size_t D, float* HWY_RESTRICT acc, bool fetch) {
   const size_t N = hn::Lanes(DF());
-  ForEachValueWindow(runs, num_runs, D, D / (2 * N), [&](const ValueRun<T>* w, size_t nw) {
-    for (size_t c = 0; c < D; c += 2 * N)
-      ValueChunks<kQueries, 2, kSplit>(p, t_pad, w, nw, D, c, acc);
-  });
+  ForEachValueWindow(runs, num_runs, D, D / (2 * N), fetch,
+                     [&](const PageSegment<T>* w, size_t nw) {
+                       for (size_t c = 0; c < D; c += 2 * N)
+                         ValueChunks<kQueries, 2, kSplit>(p, t_pad, w, nw, D, c, acc, fetch);
+                     });
 }
 #endif
 
@@ -667,16 +664,16 @@ HWY_INLINE void Scores2(const float* HWY_RESTRICT q, const T* HWY_RESTRICT keys,
 // acc[j] += sum_t p[j][t] * V[t] for two queries, on AVX-512: eight chunks at a time feed 16
 // accumulators, so each V chunk is widened once for both. kSplit and lead as ValuesOf.
 template <bool kSplit, typename T>
-HWY_INLINE void Values2(const float* HWY_RESTRICT p, size_t t_pad, const ValueRun<T>* runs,
-                        size_t num_runs, size_t D, float* HWY_RESTRICT acc) {
+HWY_INLINE void Values2(const float* HWY_RESTRICT p, size_t t_pad, const PageSegment<T>* runs,
+                        size_t num_runs, size_t D, float* HWY_RESTRICT acc, bool fetch) {
   const size_t N = hn::Lanes(DF());
   const size_t passes = (D + 8 * N - 1) / (8 * N);
-  ForEachValueWindow(runs, num_runs, D, passes, [&](const ValueRun<T>* w, size_t nw) {
+  ForEachValueWindow(runs, num_runs, D, passes, fetch, [&](const PageSegment<T>* w, size_t nw) {
     size_t c = 0;
-    for (; c + 8 * N <= D; c += 8 * N) ValueChunks<2, 8, kSplit>(p, t_pad, w, nw, D, c, acc);
-    for (; c + 2 * N <= D; c += 2 * N) ValueChunks<2, 2, kSplit>(p, t_pad, w, nw, D, c, acc);
+    for (; c + 8 * N <= D; c += 8 * N) ValueChunks<2, 8, kSplit>(p, t_pad, w, nw, D, c, acc, fetch);
+    for (; c + 2 * N <= D; c += 2 * N) ValueChunks<2, 2, kSplit>(p, t_pad, w, nw, D, c, acc, fetch);
     if (c + N <= D) {  // As ValuesOf.
-      ValueChunks<2, 1, false>(p, t_pad, w, nw, D, c, acc);
+      ValueChunks<2, 1, false>(p, t_pad, w, nw, D, c, acc, fetch);
       c += N;
     }
     ValueTail<2>(p, t_pad, w, nw, D, c, acc);
