@@ -248,6 +248,14 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
   // 0.99-1.00x.
   using E = std::conditional_t<kDot, uint16_t, T>;
   thread_local std::vector<PageSegment<E>> segments;
+  // The item's last head's far_k, far_v and far for each segment, found with its first head's
+  // (the last head's pages ahead are the first head's a step on; see the step loop).
+  struct LastAhead {
+    const E* far_k;
+    const E* far_v;
+    ptrdiff_t far;
+  };
+  thread_local std::vector<LastAhead> last_ahead;
   const auto build_segments = [&](int64_t t0, int64_t t1) {
     const char* const base =
         reinterpret_cast<const char*>(PageOf<T>(view, a.layer, false, 0, kv_head));
@@ -255,34 +263,42 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
     const ptrdiff_t block_bytes = view.block_stride_bytes;
     const ptrdiff_t row_bytes = static_cast<ptrdiff_t>(D * sizeof(T));
     const bool last_head = kv_head + 1 == it.kv_head + it.kv_heads;
-    // The next head's pages lie a head on; the first head's, kv_head - it.kv_head heads back.
-    const ptrdiff_t ahead_head_bytes =
-        (last_head ? it.kv_head - kv_head : 1) * view.head_stride_bytes;
+    // The first of several heads: the last head's fields too.
+    const bool with_last = !last_head && kv_head == it.kv_head;
+    // From this head's rows to the last head's.
+    const ptrdiff_t last_bytes = (it.kv_heads - 1) * view.head_stride_bytes;
+    // The first head's pages lie kv_head - it.kv_head heads back.
+    const ptrdiff_t first_head_bytes = (it.kv_head - kv_head) * view.head_stride_bytes;
+    const ptrdiff_t head_bytes = view.head_stride_bytes;
     const bool fetch_far = a.fetch_far;
     const auto elems = [](const char* p) { return reinterpret_cast<const E*>(p); };
     segments.clear();
+    last_ahead.clear();
     for_each_part(t0, t1, [&](int64_t b, int64_t p0, int64_t p1, int64_t tb) {
       const char* const page = base + table[b] * block_bytes;
       const char* const part_rows = page + (p0 - b * bs) * row_bytes;
       const char* const lead_k =
           tb <= last_page ? base + table[tb] * block_bytes + (p0 + lead - tb * bs) * row_bytes
                           : nullptr;
-      const char* ahead_page = nullptr;
-      if (!last_head) {
-        ahead_page = page + ahead_head_bytes;
-      } else if (b + ahead <= last_page) {
-        ahead_page = base + table[b + ahead] * block_bytes + ahead_head_bytes;
-      }
-      ptrdiff_t far = 0;
-      if (fetch_far && lead_k != nullptr && ahead_page != nullptr) {
-        far = ahead_page + (part_rows - page) - lead_k;
+      // The first head's page a step on (none past the last page).
+      const auto step_ahead = [&] {
+        return b + ahead <= last_page ? base + table[b + ahead] * block_bytes + first_head_bytes
+                                      : nullptr;
+      };
+      // Bytes from lead_k to the part's rows in `ahead_page`, the page a step ahead; 0: none.
+      // `after_last`: a page of the first head a step on.
+      const auto far_to = [&](const char* ahead_page, bool after_last) -> ptrdiff_t {
+        if (!fetch_far || lead_k == nullptr || ahead_page == nullptr) return 0;
         // A part of a run on more than one page, after the last head: its last page's pages
         // a step ahead must follow on from its first's.
-        if (last_head && p1 > (b + 1) * bs) {
+        if (after_last && p1 > (b + 1) * bs) {
           const int64_t lb = (p1 - 1) / bs;
-          if (lb + ahead > last_page || table[lb + ahead] != table[b + ahead] + (lb - b)) far = 0;
+          if (lb + ahead > last_page || table[lb + ahead] != table[b + ahead] + (lb - b)) return 0;
         }
-      }
+        return ahead_page + (part_rows - page) - lead_k;
+      };
+      const char* const ahead_page = last_head ? step_ahead() : page + head_bytes;
+      const ptrdiff_t far = far_to(ahead_page, last_head);
       // The run's first part touches the pages a step ahead. (Filled in place: a copy of a
       // segment built field by field stalled on store forwarding, 1.04x the time in L3.)
       const bool first = p0 == std::max(t0, b * bs);
@@ -292,6 +308,15 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
           elems(lead_k == nullptr ? nullptr : lead_k + v_off), nullptr,
           elems(first ? ahead_page : nullptr),
           elems(first && ahead_page != nullptr ? ahead_page + v_off : nullptr), far});
+      if (with_last) {
+        // This head is the first: its page a step on is the last head's page ahead.
+        const char* const last_page_ahead = step_ahead();
+        const ptrdiff_t last_far = far_to(last_page_ahead, true);
+        last_ahead.push_back(LastAhead{
+            elems(first ? last_page_ahead : nullptr),
+            elems(first && last_page_ahead != nullptr ? last_page_ahead + v_off : nullptr),
+            last_far == 0 ? 0 : last_far - last_bytes});
+      }
     });
   };
   for (int64_t t0 = lo, t1 = lo; t0 < hi; t0 = t1) {
@@ -305,16 +330,27 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
       acc_all = s.acc.data() + h * NS * acc_stride;
       m = s.m.data() + h * NS;
       l = s.l.data() + h * NS;
-      // The step's pages: a middle head's are the head before's, moved on by a head (its pages,
-      // and the next head's, which it fetches ahead, lie head_stride_bytes on: PagedKvView::Page),
-      // its far offsets the same. The first head's and the last head's (whose pages ahead are the
-      // first head's a step on) are built. Decode, Zen 4, one thread, calls alternated, against
-      // building every head's: 1 x 2,048 (L3) bf16 (the vdpbf16ps path) 0.965-0.97x the time,
-      // f32 0.98x, f16 0.98x; 32 x 2,048 and 1 x 32,768 (DRAM) 0.97-0.99x, at two threads too;
-      // contiguous 1.00x. (Built page by page as they were read, the widening path's took
-      // 1.02-1.06x f32's time and 1.06-1.09x f16's in L3: separate runs of the two builds.)
-      if (h > 0 && h + 1 < H) {
+      // The step's pages: only the first head's are built. A later head's are the head before's,
+      // moved on by a head (its pages, and the next head's, which it fetches ahead, lie
+      // head_stride_bytes on: PagedKvView::Page), its far offsets the same. The last head's
+      // pages ahead are the first head's a step on instead: their fields (last_ahead) were found
+      // with the first head's build, which looked those pages up in the block table anyway.
+      // Decode, Zen 4, one thread, calls alternated, middle heads moved against building every
+      // head's: 1 x 2,048 (L3) bf16 (the vdpbf16ps path) 0.965-0.97x the time, f32 0.98x, f16
+      // 0.98x; 32 x 2,048 and 1 x 32,768 (DRAM) 0.97-0.99x, at two threads too; contiguous 1.00x.
+      // (Built page by page as they were read, the widening path's took 1.02-1.06x f32's time and
+      // 1.06-1.09x f16's in L3: separate runs of the two builds.) The last head moved and patched
+      // against built: 1 x 2,048 at two threads (two heads an item) bf16 0.98x, f32 0.99x, f16
+      // 0.986-0.988x; 0.99-1.00x elsewhere.
+      if (h > 0) {
         MoveSegments(view.head_stride_bytes, segments);
+        if (h + 1 == H) {
+          for (size_t i = 0; i < segments.size(); ++i) {
+            segments[i].far_k = last_ahead[i].far_k;
+            segments[i].far_v = last_ahead[i].far_v;
+            segments[i].far = last_ahead[i].far;
+          }
+        }
       } else {
         build_segments(t0, t1);
         // V is fetched for the value pass, not with the keys: the value pass fetches its lead
