@@ -262,6 +262,7 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
     const ptrdiff_t v_off = view.pool_stride_bytes;  // From a K page to its V page.
     const ptrdiff_t block_bytes = view.block_stride_bytes;
     const ptrdiff_t row_bytes = static_cast<ptrdiff_t>(D * sizeof(T));
+    // The item's last head is built only where it is its only one (a later last head is moved).
     const bool last_head = kv_head + 1 == it.kv_head + it.kv_heads;
     // The first of several heads: the last head's fields too.
     const bool with_last = !last_head && kv_head == it.kv_head;
@@ -334,7 +335,7 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
       // moved on by a head (its pages, and the next head's, which it fetches ahead, lie
       // head_stride_bytes on: PagedKvView::Page), its far offsets the same. The last head's
       // pages ahead are the first head's a step on instead: their fields (last_ahead) were found
-      // with the first head's build, which looked those pages up in the block table anyway.
+      // with the first head's build, at the cost of one more block table entry read per page.
       // Decode, Zen 4, one thread, calls alternated, middle heads moved against building every
       // head's: 1 x 2,048 (L3) bf16 (the vdpbf16ps path) 0.965-0.97x the time, f32 0.98x, f16
       // 0.98x; 32 x 2,048 and 1 x 32,768 (DRAM) 0.97-0.99x, at two threads too; contiguous 1.00x.
