@@ -262,14 +262,12 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
     const ptrdiff_t v_off = view.pool_stride_bytes;  // From a K page to its V page.
     const ptrdiff_t block_bytes = view.block_stride_bytes;
     const ptrdiff_t row_bytes = static_cast<ptrdiff_t>(D * sizeof(T));
-    // The item's last head is built only where it is its only one (a later last head is moved).
-    const bool last_head = kv_head + 1 == it.kv_head + it.kv_heads;
-    // The first of several heads: the last head's fields too.
-    const bool with_last = !last_head && kv_head == it.kv_head;
+    // Only the item's first head is built (the others are moved: see the step loop). Where it is
+    // the item's only head it is also its last, whose pages ahead are its own a step on; else
+    // its pages ahead are the next head's, and the last head's fields are found too.
+    const bool only_head = it.kv_heads == 1;
     // From this head's rows to the last head's.
     const ptrdiff_t last_bytes = (it.kv_heads - 1) * view.head_stride_bytes;
-    // The first head's pages lie kv_head - it.kv_head heads back.
-    const ptrdiff_t first_head_bytes = (it.kv_head - kv_head) * view.head_stride_bytes;
     const ptrdiff_t head_bytes = view.head_stride_bytes;
     const bool fetch_far = a.fetch_far;
     const auto elems = [](const char* p) { return reinterpret_cast<const E*>(p); };
@@ -281,10 +279,9 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
       const char* const lead_k =
           tb <= last_page ? base + table[tb] * block_bytes + (p0 + lead - tb * bs) * row_bytes
                           : nullptr;
-      // The first head's page a step on (none past the last page).
+      // This (the first) head's page a step on (none past the last page).
       const auto step_ahead = [&] {
-        return b + ahead <= last_page ? base + table[b + ahead] * block_bytes + first_head_bytes
-                                      : nullptr;
+        return b + ahead <= last_page ? base + table[b + ahead] * block_bytes : nullptr;
       };
       // Bytes from lead_k to the part's rows in `ahead_page`, the page a step ahead; 0: none.
       // `after_last`: a page of the first head a step on.
@@ -298,8 +295,8 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
         }
         return ahead_page + (part_rows - page) - lead_k;
       };
-      const char* const ahead_page = last_head ? step_ahead() : page + head_bytes;
-      const ptrdiff_t far = far_to(ahead_page, last_head);
+      const char* const ahead_page = only_head ? step_ahead() : page + head_bytes;
+      const ptrdiff_t far = far_to(ahead_page, only_head);
       // The run's first part touches the pages a step ahead. (Filled in place: a copy of a
       // segment built field by field stalled on store forwarding, 1.04x the time in L3.)
       const bool first = p0 == std::max(t0, b * bs);
@@ -309,8 +306,8 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
           elems(lead_k == nullptr ? nullptr : lead_k + v_off), nullptr,
           elems(first ? ahead_page : nullptr),
           elems(first && ahead_page != nullptr ? ahead_page + v_off : nullptr), far});
-      if (with_last) {
-        // This head is the first: its page a step on is the last head's page ahead.
+      if (!only_head) {
+        // This head's page a step on is the last head's page ahead.
         const char* const last_page_ahead = step_ahead();
         const ptrdiff_t last_far = far_to(last_page_ahead, true);
         last_ahead.push_back(LastAhead{
