@@ -32,22 +32,35 @@ float StreamSumImpl(const float* HWY_RESTRICT data, size_t n) {
   return sum;
 }
 
-// Sum of the pages named by `order` (page_floats floats each), in that order, prefetching the
-// next page's lines while one is summed: paged decode's access pattern without its arithmetic.
+// Sum of the pages named by `order` (page_floats floats each), in that order: paged decode's
+// access pattern without its arithmetic. ahead 0: the next page's lines are prefetched into L1
+// when a page starts. ahead > 0: the page `ahead` pages on is fetched into L2 line for line as
+// each line of the current page is read, as the decode kernel fetches its pages a step ahead
+// (PageFetch::kFar).
 float PageSumImpl(const float* HWY_RESTRICT base, const int32_t* HWY_RESTRICT order,
-                  size_t num_pages, size_t page_floats) {
+                  size_t num_pages, size_t page_floats, size_t ahead) {
   const hn::ScalableTag<float> d;
   const size_t N = hn::Lanes(d);
+  const size_t chunk_bytes = 4 * N * sizeof(float);
   auto a0 = hn::Zero(d), a1 = hn::Zero(d), a2 = hn::Zero(d), a3 = hn::Zero(d);
   for (size_t i = 0; i < num_pages; ++i) {
-    if (i + 1 < num_pages) {
+    if (ahead == 0 && i + 1 < num_pages) {
       const char* next = reinterpret_cast<const char*>(base + order[i + 1] * page_floats);
       for (size_t off = 0; off < page_floats * sizeof(float); off += 64) {
         hwy::Prefetch(next + off);
       }
     }
+    // With ahead > 0: the page to fetch line for line, or null past the last one.
+    const char* far = ahead > 0 && i + ahead < num_pages
+                          ? reinterpret_cast<const char*>(base + order[i + ahead] * page_floats)
+                          : nullptr;
     const float* page = base + order[i] * page_floats;
     for (size_t j = 0; j + 4 * N <= page_floats; j += 4 * N) {
+      if (far != nullptr) {
+        for (size_t off = 0; off < chunk_bytes; off += 64) {
+          __builtin_prefetch(far + j * sizeof(float) + off, /*rw=*/0, /*locality=*/2);
+        }
+      }
       a0 = hn::Add(a0, hn::LoadU(d, page + j));
       a1 = hn::Add(a1, hn::LoadU(d, page + j + N));
       a2 = hn::Add(a2, hn::LoadU(d, page + j + 2 * N));
@@ -207,8 +220,9 @@ float StreamOnce(const std::vector<float>& data, int threads) {
   for (float x : sums) sum += x;
   return sum;
 }
-float PageSum(const float* base, const int32_t* order, size_t num_pages, size_t page_floats) {
-  return HWY_DYNAMIC_DISPATCH(PageSumImpl)(base, order, num_pages, page_floats);
+float PageSum(const float* base, const int32_t* order, size_t num_pages, size_t page_floats,
+              size_t ahead) {
+  return HWY_DYNAMIC_DISPATCH(PageSumImpl)(base, order, num_pages, page_floats, ahead);
 }
 float DecodeArithmeticSum(DType dtype, const void* k, const void* v, size_t bytes, size_t passes) {
   return HWY_DYNAMIC_DISPATCH(DecodeArithmeticSumImpl)(dtype, k, v, bytes, passes);

@@ -15,9 +15,11 @@ namespace pagedkv::bench {
 float StreamSum(const float* data, size_t n);
 // StreamSum of `data` with `threads` threads, each its own slice (BM_StreamRead's call).
 float StreamOnce(const std::vector<float>& data, int threads);
-// Sum of num_pages pages of page_floats floats at base, in the order given (page indices), with
-// the next page prefetched while one is read.
-float PageSum(const float* base, const int32_t* order, size_t num_pages, size_t page_floats);
+// Sum of num_pages pages of page_floats floats at base, in the order given (page indices). ahead
+// 0: the next page is prefetched into L1 when a page starts; ahead > 0: the page `ahead` pages on
+// is fetched into L2 line for line as the current page is read.
+float PageSum(const float* base, const int32_t* order, size_t num_pages, size_t page_floats,
+              size_t ahead);
 // Decode's vector arithmetic (GQA 4) over `bytes` of K at k and as many of V at v, stored as
 // dtype, `passes` times, without the kernel's dependencies between its parts.
 float DecodeArithmeticSum(DType dtype, const void* k, const void* v, size_t bytes, size_t passes);
