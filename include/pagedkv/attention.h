@@ -63,8 +63,9 @@ struct AttentionOptions {
   float soft_cap = 0.0f;
   // Threads of the process-wide pool to spread work over (OpenMP's; in builds without OpenMP
   // the library's own, where a call made while another caller's work holds the pool runs
-  // inline); 1 runs inline on the caller, 0 uses every hardware thread. At most 256; threads
-  // beyond the work items (sequence, KV heads, query tile, partition) have nothing to do.
+  // inline); 1 runs inline on the caller, 0 uses every hardware thread (counted once per
+  // process). At most 256; threads beyond the work items (sequence, KV heads, query tile,
+  // partition) have nothing to do.
   int32_t num_threads = 1;
   // With more threads than (sequence, kv head) work, a long context is split into partitions of
   // at least this many tokens that run in parallel and are reduced (flash-decoding).
