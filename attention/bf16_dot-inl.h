@@ -429,9 +429,11 @@ PAGEDKV_BF16_DOT_ATTR HWY_INLINE void DotValuesTwoRows(const uint16_t* HWY_RESTR
 // Segments of this many rows (a whole page of the default 16 tokens) are summed by a loop unrolled
 // in full (DotValuesPass): a loop of eight row pairs per segment cost its exit once a page. bf16
 // decode on the Zen 4 VM, calls alternated in one process, each way its own instantiation of the
-// value pass, two runs and one with the two swapped: 1 x 2,048 paged 0.957-0.973x the time at one
-// thread and 0.963-0.968x at two; contiguous (segments of up to 256 rows) 0.99-1.00x; from DRAM
-// (32 x 2,048, one thread) 1.00x in two runs, 0.94x in the third. The same bits.
+// value pass, three runs: 1 x 2,048 paged 0.957-0.973x the time at one thread and 0.963-0.968x
+// at two; contiguous (segments of up to 256 rows) 0.99-1.00x; from DRAM (32 x 2,048, one thread)
+// 1.00x in two runs, 0.94x in the third. The same bits. The builds before and after, run in turn
+// three times: paged / contiguous time (BM_DecodePagedOverContiguous, bf16 1 x 2,048) 1.065-1.078
+// before and 1.037-1.066 after at one thread, 1.109-1.151 and 0.945-1.096 at two.
 constexpr size_t kUnrolledRows = 16;
 
 // acc[j] += sum_t p[j][t] V[t] over dims [c0, c0 + 32 * kChunks) for the kQueries queries of a
