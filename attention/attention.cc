@@ -200,7 +200,7 @@ absl::Status Validate(const PagedKvView& view, int32_t layer, int32_t num_q_head
 // opens and reads /sys/devices/system/cpu/online on every call (glibc 2.36), 5.8 us in a loop on
 // the Zen 4 VM and 9-10 us inside decode calls, where it ran serially before the work items
 // whatever num_threads asked for. Decode, calls alternated against a count per call: 1 x 2,048
-// 0.94-0.97x the time (bf16, f32, f16, paged and contiguous, one and two threads), 1 x 256 bf16
+// 0.92-0.97x the time (bf16, f32, f16, paged and contiguous, one and two threads), 1 x 256 bf16
 // 0.79x, from DRAM 0.99x.
 int32_t ThreadCount(int32_t requested) {
   if (requested > 0) return std::min(requested, internal::kMaxThreads);
