@@ -427,7 +427,9 @@ PAGEDKV_BF16_DOT_ATTR HWY_INLINE void DotValuesTwoRows(const uint16_t* HWY_RESTR
 }
 
 // Segments of this many rows (a whole page of the default 16 tokens) are summed by a loop unrolled
-// in full (DotValuesPass): a loop of eight row pairs per segment cost its exit once a page. bf16
+// in full (DotValuesPass) for groups of four queries (GQA 4, and GQA 8 in two groups): a loop of
+// eight row pairs per segment cost its exit once a page. Unrolled for every group size (1 to 6),
+// attention.cc took the fuzz build's clang (ASan and UBSan) more than twice as long. bf16
 // decode on the Zen 4 VM, calls alternated in one process, each way its own instantiation of the
 // value pass, three runs: 1 x 2,048 paged 0.957-0.973x the time at one thread and 0.963-0.968x
 // at two; contiguous (segments of up to 256 rows) 0.99-1.00x; from DRAM (32 x 2,048, one thread)
@@ -462,21 +464,23 @@ PAGEDKV_BF16_DOT_ATTR HWY_INLINE void DotValuesPass(const uint16_t* HWY_RESTRICT
     const size_t n = pages[s].n;
     const uint16_t* lead = prefetch ? pages[s].lead_v : nullptr;
     if (prefetch) TouchAhead(pages[s].far_k, pages[s].far_v);
-    if (n == kUnrolledRows) {
-      if (lead != nullptr) {
-        const ptrdiff_t far = pages[s].far;
+    if constexpr (kQueries == 4) {
+      if (n == kUnrolledRows) {
+        if (lead != nullptr) {
+          const ptrdiff_t far = pages[s].far;
 #pragma GCC unroll 8
-        for (size_t t = 0; t < kUnrolledRows; t += 2) {
-          PrefetchRows(lead + t * D, nullptr, 2 * row_bytes, far);
-          DotValuesTwoRows<kChunks, true, kQueries>(rows + t * D, probs + t, t_pad, D, valid, a);
-        }
-      } else {
+          for (size_t t = 0; t < kUnrolledRows; t += 2) {
+            PrefetchRows(lead + t * D, nullptr, 2 * row_bytes, far);
+            DotValuesTwoRows<kChunks, true, kQueries>(rows + t * D, probs + t, t_pad, D, valid, a);
+          }
+        } else {
 #pragma GCC unroll 8
-        for (size_t t = 0; t < kUnrolledRows; t += 2) {
-          DotValuesTwoRows<kChunks, true, kQueries>(rows + t * D, probs + t, t_pad, D, valid, a);
+          for (size_t t = 0; t < kUnrolledRows; t += 2) {
+            DotValuesTwoRows<kChunks, true, kQueries>(rows + t * D, probs + t, t_pad, D, valid, a);
+          }
         }
+        continue;
       }
-      continue;
     }
     size_t t = 0;
     for (; t + 2 <= n; t += 2) {
