@@ -1,6 +1,6 @@
 // The row kernel for one work item (decode, and any item with few queries per KV head; items
-// with many take tile_kernel-inl.h), compiled once per Highway target (attention.cc includes
-// this file through hwy/foreach_target.h).
+// with many take tile_kernel-inl.h), compiled once per Highway target (attend_*.cc include this
+// file through hwy/foreach_target.h, one dtype or kernel each; attention.cc picks per item).
 //
 // Per KV block of the item's range: K rows are dotted with every query of the group (GQA: a
 // page is read once per KV head, not once per query head), scores get the soft-cap and the

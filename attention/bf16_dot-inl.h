@@ -116,6 +116,8 @@ HWY_INLINE void TouchAhead(const void* k, const void* v) {
 constexpr bool kHaveBf16Dot = true;
 
 #define PAGEDKV_BF16_DOT_ATTR __attribute__((target(HWY_TARGET_STR ",avx512bf16")))
+// Every function here is inline (the HWY_NOINLINE ones too): each kernel file includes this
+// header (attend_*.cc), and only attend_bf16_dot.cc uses them.
 
 // 32-dim chunks of a head (the last one zero-padded) and the packed query size DotScores reads
 // for num_queries query slots (a multiple of four).
@@ -365,10 +367,10 @@ PAGEDKV_BF16_DOT_ATTR HWY_INLINE void DotScoresOfPages(const uint16_t* HWY_RESTR
 }
 
 // Scores of `queries` queries (packed by PackQueries) against a step's pages.
-PAGEDKV_BF16_DOT_ATTR HWY_NOINLINE void DotScores(const uint16_t* HWY_RESTRICT pack, size_t queries,
-                                                  const DotSegment* pages, size_t num_pages,
-                                                  size_t D, float* HWY_RESTRICT scores,
-                                                  size_t t_pad) {
+PAGEDKV_BF16_DOT_ATTR HWY_NOINLINE inline void DotScores(const uint16_t* HWY_RESTRICT pack,
+                                                         size_t queries, const DotSegment* pages,
+                                                         size_t num_pages, size_t D,
+                                                         float* HWY_RESTRICT scores, size_t t_pad) {
   switch (D) {
     case 64:
       return DotScoresOfPages<64>(pack, queries, pages, num_pages, D, scores, t_pad);
@@ -384,9 +386,9 @@ PAGEDKV_BF16_DOT_ATTR HWY_NOINLINE void DotScores(const uint16_t* HWY_RESTRICT p
 // One step of the online softmax for one query: out[t] = bf16(exp(scores[t] - max)) (0 where
 // the score is -inf, masked; ExpBelowMax), for n scores (a multiple of 16); returns the sum of the
 // rounded values, so the denominator matches the weights the value product uses.
-PAGEDKV_BF16_DOT_ATTR HWY_NOINLINE float DotSoftmaxRow(const float* HWY_RESTRICT scores,
-                                                       size_t n, float max,
-                                                       uint16_t* HWY_RESTRICT out) {
+PAGEDKV_BF16_DOT_ATTR HWY_NOINLINE inline float DotSoftmaxRow(const float* HWY_RESTRICT scores,
+                                                              size_t n, float max,
+                                                              uint16_t* HWY_RESTRICT out) {
   const hn::Full512<float> df;
   const auto vmax = hn::Set(df, max);
   __m512 sum = _mm512_setzero_ps();
@@ -527,10 +529,11 @@ PAGEDKV_BF16_DOT_ATTR HWY_INLINE void DotValuesOfGroup(const uint16_t* HWY_RESTR
 // order. The first pass (first group, first 64 dims) prefetches; the others find the rows in
 // cache. Working the step in L1-sized windows instead, every pass of a window before the next,
 // measured no faster.
-PAGEDKV_BF16_DOT_ATTR HWY_NOINLINE void DotValues(const uint16_t* HWY_RESTRICT p, size_t t_pad,
-                                                  size_t queries, const DotSegment* pages,
-                                                  size_t num_pages, size_t D,
-                                                  float* HWY_RESTRICT acc, size_t acc_stride) {
+PAGEDKV_BF16_DOT_ATTR HWY_NOINLINE inline void DotValues(const uint16_t* HWY_RESTRICT p,
+                                                         size_t t_pad, size_t queries,
+                                                         const DotSegment* pages, size_t num_pages,
+                                                         size_t D, float* HWY_RESTRICT acc,
+                                                         size_t acc_stride) {
   using GroupValues =
       void (*)(const uint16_t*, size_t, const DotSegment*, size_t, size_t, bool, float*, size_t);
   static constexpr GroupValues kGroupValues[] = {nullptr,
