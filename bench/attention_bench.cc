@@ -235,10 +235,10 @@ void BM_DecodePagedOverStream(benchmark::State& state) {
   options.num_threads = threads;
   std::vector<float> q(static_cast<size_t>(state.range(0) * kQHeads * kHeadDim), 0.01f);
   std::vector<float> out(q.size());
-  const std::vector<float> stream(static_cast<size_t>(paged.KvBytes()) / sizeof(float), 1.0f);
+  const ArenaArray<float> stream(static_cast<size_t>(paged.KvBytes()) / sizeof(float), 1.0f);
   const std::vector<double> median = MedianSecondsOfAlternatedCalls(
       state, {DecodeCall(paged, options, q, out),
-              [&] { benchmark::DoNotOptimize(StreamOnce(stream, threads)); }});
+              [&] { benchmark::DoNotOptimize(StreamOnce(stream.span(), threads)); }});
   state.counters["paged_over_stream"] = median[1] / median[0];
   state.counters["kv_bytes"] = static_cast<double>(paged.KvBytes());
   state.SetBytesProcessed(state.iterations() * 2 * paged.KvBytes());
@@ -407,10 +407,10 @@ void BM_DecodeModelStepOverStream(benchmark::State& state) {
   std::vector<float> q(static_cast<size_t>(kQHeads * kHeadDim), 0.01f);
   std::vector<float> out(q.size());
   const int64_t bytes = f.KvBytes() * layers;
-  const std::vector<float> stream(static_cast<size_t>(bytes) / sizeof(float), 1.0f);
+  const ArenaArray<float> stream(static_cast<size_t>(bytes) / sizeof(float), 1.0f);
   const std::vector<double> median = MedianSecondsOfAlternatedCalls(
       state, {[&] { DecodeModelStep(f, layers, options, q, out); },
-              [&] { benchmark::DoNotOptimize(StreamOnce(stream, threads)); }});
+              [&] { benchmark::DoNotOptimize(StreamOnce(stream.span(), threads)); }});
   state.counters["step_over_stream"] = median[1] / median[0];
   state.SetBytesProcessed(state.iterations() * 2 * bytes);
 }

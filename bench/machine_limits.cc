@@ -209,7 +209,7 @@ HWY_EXPORT(FmaChainsImpl);
 HWY_EXPORT(Bf16DotChainsImpl);
 
 float StreamSum(const float* data, size_t n) { return HWY_DYNAMIC_DISPATCH(StreamSumImpl)(data, n); }
-float StreamOnce(const std::vector<float>& data, int threads) {
+float StreamOnce(absl::Span<const float> data, int threads) {
   const size_t per = data.size() / static_cast<size_t>(threads);
   std::vector<float> sums(static_cast<size_t>(threads));
   internal::ParallelFor(threads, threads, [&](int64_t i) {

@@ -5,8 +5,8 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <vector>
 
+#include "absl/types/span.h"
 #include "pagedkv/config.h"
 
 namespace pagedkv::bench {
@@ -14,7 +14,7 @@ namespace pagedkv::bench {
 // Sum of n floats, streamed with the widest vectors this CPU has.
 float StreamSum(const float* data, size_t n);
 // StreamSum of `data` with `threads` threads, each its own slice (BM_StreamRead's call).
-float StreamOnce(const std::vector<float>& data, int threads);
+float StreamOnce(absl::Span<const float> data, int threads);
 // Sum of num_pages pages of page_floats floats at base, in the order given (page indices). ahead
 // 0: the next page is prefetched into L1 when a page starts; ahead > 0: the page `ahead` pages on
 // is fetched into L2 line for line as the current page is read.

@@ -1,12 +1,8 @@
 // The machine's own limits, which the attention rows (attention_bench.cc) and the goal report
 // (goals.cc) compare against in the same run: streaming and scattered reads, decode's arithmetic
 // without its dependencies, and the FMA and vdpbf16ps peaks.
-#include <sys/mman.h>
-
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
-#include <memory>
 #include <random>
 #include <vector>
 
@@ -24,8 +20,8 @@ namespace {
 void BM_StreamRead(benchmark::State& state) {
   const size_t bytes = static_cast<size_t>(state.range(0));
   const int threads = static_cast<int>(state.range(1));
-  const std::vector<float> data(bytes / sizeof(float), 1.0f);
-  for (auto _ : state) benchmark::DoNotOptimize(StreamOnce(data, threads));
+  const ArenaArray<float> data(bytes / sizeof(float), 1.0f);
+  for (auto _ : state) benchmark::DoNotOptimize(StreamOnce(data.span(), threads));
   state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(bytes));
 }
 BENCHMARK(BM_StreamRead)
@@ -49,7 +45,7 @@ void BM_DecodeArithmeticRead(benchmark::State& state) {
   const uint32_t one = dtype == DType::kF32   ? 0x3f800000u
                        : dtype == DType::kF16 ? 0x3c003c00u
                                               : 0x3f803f80u;
-  std::vector<uint32_t> k(bytes / 8, one), v(bytes / 8, one);
+  const ArenaArray<uint32_t> k(bytes / 8, one), v(bytes / 8, one);
   const size_t per = k.size() / static_cast<size_t>(threads);
   // At least 8 MiB per thread per iteration, so that the 32 KiB rows are not timing the threads'
   // start and join.
@@ -88,14 +84,8 @@ void BM_ScatteredPageRead(benchmark::State& state) {
   const size_t page_floats = static_cast<size_t>(state.range(2)) * 1024 / sizeof(float);
   const size_t pages = bytes / (page_floats * sizeof(float));
   const auto ahead = static_cast<size_t>(state.range(3));
-  // As the cache's arena: 2 MiB aligned, huge pages advised before the first write.
-  constexpr size_t kHuge = size_t{2} << 20;
-  std::unique_ptr<float, decltype(&std::free)> buffer(
-      static_cast<float*>(std::aligned_alloc(kHuge, (bytes + kHuge - 1) / kHuge * kHuge)),
-      &std::free);
-  madvise(buffer.get(), bytes, MADV_HUGEPAGE);
-  std::fill_n(buffer.get(), bytes / sizeof(float), 1.0f);
-  const float* base = buffer.get();
+  const ArenaArray<float> buffer(bytes / sizeof(float), 1.0f);
+  const float* base = buffer.data();
   std::vector<int32_t> order(pages);
   for (size_t i = 0; i < pages; ++i) order[i] = static_cast<int32_t>(i);
   std::shuffle(order.begin(), order.end(), std::mt19937(3));
