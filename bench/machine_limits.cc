@@ -2,6 +2,7 @@
 #define HWY_TARGET_INCLUDE "bench/machine_limits.cc"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 
+#include <algorithm>
 #include <type_traits>
 
 #include "hwy/cache_control.h"
@@ -65,6 +66,72 @@ float PageSumImpl(const float* HWY_RESTRICT base, const int32_t* HWY_RESTRICT or
       a1 = hn::Add(a1, hn::LoadU(d, page + j + N));
       a2 = hn::Add(a2, hn::LoadU(d, page + j + 2 * N));
       a3 = hn::Add(a3, hn::LoadU(d, page + j + 3 * N));
+    }
+  }
+  return hn::GetLane(hn::SumOfLanes(d, hn::Add(hn::Add(a0, a1), hn::Add(a2, a3))));
+}
+
+// Sum of one sequence's pages in paged decode's order, without its arithmetic: a block-major pool
+// of blocks of `heads` parts (one head's rows of a page, part_floats floats each) at k, V the same
+// at v; `table` names the sequence's num_pages blocks. Per step of `step` pages, per head, the
+// head's part of each page of the step, K then V, as the row kernel reads an item of all the
+// heads under PageFetch::kFar, with its fetches: each line's counterpart in the next page into L1,
+// and in the part read one head-step later (the next head's part of the page; after the last
+// head, the first head's part of the page a step on) into L2. block_order: also the pages of the
+// step ahead, into L2 in block order (each page's parts in turn, K's then V's), a line for each
+// line read.
+float DecodeOrderSumImpl(const float* HWY_RESTRICT k, const float* HWY_RESTRICT v,
+                         const int32_t* HWY_RESTRICT table, size_t num_pages, size_t heads,
+                         size_t part_floats, size_t step, bool block_order) {
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  const size_t block_floats = heads * part_floats;
+  const size_t chunk_bytes = 4 * N * sizeof(float);
+  const size_t part_bytes = part_floats * sizeof(float);
+  auto a0 = hn::Zero(d), a1 = hn::Zero(d), a2 = hn::Zero(d), a3 = hn::Zero(d);
+  const auto part = [&](const float* pool, size_t page, size_t h) {
+    return reinterpret_cast<const char*>(pool + table[page] * block_floats + h * part_floats);
+  };
+  for (size_t p0 = 0; p0 < num_pages; p0 += step) {
+    const size_t p1 = std::min(num_pages, p0 + step);
+    // Block order: the next line to fetch of the step ahead's pages [p1, ahead_end), byte `ao`
+    // of part `ah` of page `ap` of pool `ak` (0: K, 1: V), each page's K parts then its V parts.
+    const size_t ahead_end = block_order ? std::min(num_pages, p1 + step) : p1;
+    size_t ap = p1, ak = 0, ah = 0, ao = 0;
+    for (size_t h = 0; h < heads; ++h) {
+      for (const float* pool : {k, v}) {
+        for (size_t p = p0; p < p1; ++p) {
+          const char* lead = p + 1 < num_pages ? part(pool, p + 1, h) : nullptr;
+          const char* later = h + 1 < heads          ? part(pool, p, h + 1)
+                              : p + step < num_pages ? part(pool, p + step, 0)
+                                                     : nullptr;
+          const float* rows = pool + table[p] * block_floats + h * part_floats;
+          for (size_t j = 0; j + 4 * N <= part_floats; j += 4 * N) {
+            for (size_t off = 0; off < chunk_bytes; off += 64) {
+              const size_t at = j * sizeof(float) + off;
+              if (lead != nullptr) hwy::Prefetch(lead + at);
+              if (later != nullptr) __builtin_prefetch(later + at, /*rw=*/0, /*locality=*/2);
+              if (ap < ahead_end) {
+                __builtin_prefetch(part(ak == 0 ? k : v, ap, ah) + ao, /*rw=*/0, /*locality=*/2);
+                if ((ao += 64) == part_bytes) {
+                  ao = 0;
+                  if (++ah == heads) {
+                    ah = 0;
+                    if (++ak == 2) {
+                      ak = 0;
+                      ++ap;
+                    }
+                  }
+                }
+              }
+            }
+            a0 = hn::Add(a0, hn::LoadU(d, rows + j));
+            a1 = hn::Add(a1, hn::LoadU(d, rows + j + N));
+            a2 = hn::Add(a2, hn::LoadU(d, rows + j + 2 * N));
+            a3 = hn::Add(a3, hn::LoadU(d, rows + j + 3 * N));
+          }
+        }
+      }
     }
   }
   return hn::GetLane(hn::SumOfLanes(d, hn::Add(hn::Add(a0, a1), hn::Add(a2, a3))));
@@ -204,6 +271,7 @@ HWY_AFTER_NAMESPACE();
 namespace pagedkv::bench {
 HWY_EXPORT(StreamSumImpl);
 HWY_EXPORT(PageSumImpl);
+HWY_EXPORT(DecodeOrderSumImpl);
 HWY_EXPORT(DecodeArithmeticSumImpl);
 HWY_EXPORT(FmaChainsImpl);
 HWY_EXPORT(Bf16DotChainsImpl);
@@ -223,6 +291,11 @@ float StreamOnce(absl::Span<const float> data, int threads) {
 float PageSum(const float* base, const int32_t* order, size_t num_pages, size_t page_floats,
               size_t ahead) {
   return HWY_DYNAMIC_DISPATCH(PageSumImpl)(base, order, num_pages, page_floats, ahead);
+}
+float DecodeOrderSum(const float* k, const float* v, const int32_t* table, size_t num_pages,
+                     size_t heads, size_t part_floats, size_t step, bool block_order) {
+  return HWY_DYNAMIC_DISPATCH(DecodeOrderSumImpl)(k, v, table, num_pages, heads, part_floats, step,
+                                                  block_order);
 }
 float DecodeArithmeticSum(DType dtype, const void* k, const void* v, size_t bytes, size_t passes) {
   return HWY_DYNAMIC_DISPATCH(DecodeArithmeticSumImpl)(dtype, k, v, bytes, passes);

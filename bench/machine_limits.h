@@ -20,6 +20,12 @@ float StreamOnce(absl::Span<const float> data, int threads);
 // is fetched into L2 line for line as the current page is read.
 float PageSum(const float* base, const int32_t* order, size_t num_pages, size_t page_floats,
               size_t ahead);
+// One sequence's num_pages pages (block ids in `table`) of a block-major pool of `heads` parts of
+// part_floats floats a block, K at k and V at v, summed in the order decode reads an item of all
+// the heads under PageFetch::kFar, with its fetches; block_order: the pages a step ahead fetched
+// into L2 in block order too (machine_limits.cc).
+float DecodeOrderSum(const float* k, const float* v, const int32_t* table, size_t num_pages,
+                     size_t heads, size_t part_floats, size_t step, bool block_order);
 // Decode's vector arithmetic (GQA 4) over `bytes` of K at k and as many of V at v, stored as
 // dtype, `passes` times, without the kernel's dependencies between its parts.
 float DecodeArithmeticSum(DType dtype, const void* k, const void* v, size_t bytes, size_t passes);

@@ -106,6 +106,49 @@ BENCHMARK(BM_ScatteredPageRead)
     ->ArgsProduct({{8 << 20, 256 << 20}, ThreadCounts(), {4, 32}, {0, 4}})
     ->UseRealTime();
 
+// Paged decode's reads of 32 x 2,048 bf16 (256 MiB: 16-token pages handed out in random order from
+// block-major pools, 8 KV heads of 128 dims) without its arithmetic: in the order and with the
+// fetches of the row kernel under PageFetch::kFar (steps of 16 pages, each head's part of a
+// page's K then V, 4 KiB a part; DecodeOrderSum), the sequences split over the threads.
+// block_order 1 also fetches the pages a step ahead into L2 in block order. On the Zen 4 VM
+// (medians of 5 against BM_StreamRead of 256 MiB in the same run): 0.63 of the stream at one
+// thread, where decode of 32 x 2,048 reads 0.61-0.63, and 0.99 at two, where decode reads
+// 0.59-0.83; block_order 0.76 and 1.08 (a standalone loop of the same shape: 0.73-0.83 against
+// 0.58-0.66 at one thread). The same fetch in the kernel (each head's segments fetching their
+// share of the pages a step ahead) left its DRAM rows as they were, 0.60-0.64 of the stream
+// against 0.61-0.63 in two runs of each build, and took 1.06-1.2x the time in L3: not kept.
+void BM_DecodeOrderRead(benchmark::State& state) {
+  const int threads = static_cast<int>(state.range(0));
+  const bool block_order = state.range(1) != 0;
+  constexpr size_t kSeqs = 32, kPagesPerSeq = 128, kHeads = 8, kPartFloats = 1024, kStep = 16;
+  constexpr size_t kBlocks = kSeqs * kPagesPerSeq;
+  const ArenaArray<float> k(kBlocks * kHeads * kPartFloats, 1.0f);
+  const ArenaArray<float> v(k.size(), 1.0f);
+  std::vector<int32_t> table(kBlocks);
+  for (size_t i = 0; i < kBlocks; ++i) table[i] = static_cast<int32_t>(i);
+  std::shuffle(table.begin(), table.end(), std::mt19937(5));
+  const size_t per = kSeqs / static_cast<size_t>(threads);
+  std::vector<float> sums(static_cast<size_t>(threads));
+  for (auto _ : state) {
+    internal::ParallelFor(threads, threads, [&](int64_t i) {
+      const auto t = static_cast<size_t>(i);
+      float sum = 0;
+      for (size_t s = per * t; s < per * (t + 1); ++s) {
+        sum += DecodeOrderSum(k.data(), v.data(), table.data() + s * kPagesPerSeq, kPagesPerSeq,
+                              kHeads, kPartFloats, kStep, block_order);
+      }
+      sums[t] = sum;
+    });
+    benchmark::DoNotOptimize(sums.data());
+  }
+  state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(per * threads) *
+                          static_cast<int64_t>(2 * kPagesPerSeq * kHeads * kPartFloats * 4));
+}
+BENCHMARK(BM_DecodeOrderRead)
+    ->ArgNames({"threads", "block_order"})
+    ->ArgsProduct({ThreadCounts(), {0, 1}})
+    ->UseRealTime();
+
 // The FMA peak with the same threads, for the extend ratio.
 void BM_FmaPeak(benchmark::State& state) {
   const int threads = static_cast<int>(state.range(0));
