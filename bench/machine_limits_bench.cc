@@ -111,10 +111,10 @@ BENCHMARK(BM_ScatteredPageRead)
 // fetches of the row kernel under PageFetch::kFar (steps of 16 pages, each head's part of a
 // page's K then V, 4 KiB a part; DecodeOrderSum), the sequences split over the threads.
 // block_order 1 also fetches the pages a step ahead into L2 in block order. On the Zen 4 VM
-// (medians of 5 against BM_StreamRead of 256 MiB in the same run): 0.63 of the stream at one
-// thread, where decode of 32 x 2,048 reads 0.61-0.63, and 0.99 at two, where decode reads
-// 0.59-0.83; block_order 0.76 and 1.08 (a standalone loop of the same shape: 0.73-0.83 against
-// 0.58-0.66 at one thread). The same fetch in the kernel (each head's segments fetching their
+// (two runs, medians, against BM_StreamRead of 256 MiB in the same run): 0.63-0.68 of the stream
+// at one thread, where decode of 32 x 2,048 reads 0.61-0.64, and 0.85-0.99 at two, where decode
+// reads 0.59-0.83; block_order 0.76-0.83 and 0.83-1.08 (a standalone loop of the same shape:
+// 0.73-0.83 against 0.58-0.66 at one thread). The same fetch in the kernel (each head's segments fetching their
 // share of the pages a step ahead) left its DRAM rows as they were, 0.60-0.64 of the stream
 // against 0.61-0.63 in two runs of each build, and took 1.06-1.2x the time in L3: not kept.
 void BM_DecodeOrderRead(benchmark::State& state) {
