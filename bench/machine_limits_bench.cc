@@ -15,6 +15,14 @@
 namespace pagedkv::bench {
 namespace {
 
+// 0 to n - 1 in a random order drawn from `seed`: page or block ids handed out in random order.
+std::vector<int32_t> ShuffledIds(size_t n, uint32_t seed) {
+  std::vector<int32_t> ids(n);
+  for (size_t i = 0; i < n; ++i) ids[i] = static_cast<int32_t>(i);
+  std::shuffle(ids.begin(), ids.end(), std::mt19937(seed));
+  return ids;
+}
+
 // The physical limit: stream a buffer of the same size with the same number of threads (16 MiB:
 // the f32 decode rows' K/V).
 void BM_StreamRead(benchmark::State& state) {
@@ -86,9 +94,7 @@ void BM_ScatteredPageRead(benchmark::State& state) {
   const auto ahead = static_cast<size_t>(state.range(3));
   const ArenaArray<float> buffer(bytes / sizeof(float), 1.0f);
   const float* base = buffer.data();
-  std::vector<int32_t> order(pages);
-  for (size_t i = 0; i < pages; ++i) order[i] = static_cast<int32_t>(i);
-  std::shuffle(order.begin(), order.end(), std::mt19937(3));
+  const std::vector<int32_t> order = ShuffledIds(pages, 3);
   const size_t per = pages / static_cast<size_t>(threads);
   std::vector<float> sums(static_cast<size_t>(threads));
   for (auto _ : state) {
@@ -124,9 +130,7 @@ void BM_DecodeOrderRead(benchmark::State& state) {
   constexpr size_t kBlocks = kSeqs * kPagesPerSeq;
   const ArenaArray<float> k(kBlocks * kHeads * kPartFloats, 1.0f);
   const ArenaArray<float> v(k.size(), 1.0f);
-  std::vector<int32_t> table(kBlocks);
-  for (size_t i = 0; i < kBlocks; ++i) table[i] = static_cast<int32_t>(i);
-  std::shuffle(table.begin(), table.end(), std::mt19937(5));
+  const std::vector<int32_t> table = ShuffledIds(kBlocks, 5);
   const size_t per = kSeqs / static_cast<size_t>(threads);
   std::vector<float> sums(static_cast<size_t>(threads));
   for (auto _ : state) {
