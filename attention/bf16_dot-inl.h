@@ -431,7 +431,8 @@ PAGEDKV_BF16_DOT_ATTR HWY_INLINE void DotValuesTwoRows(const uint16_t* HWY_RESTR
 // Segments of this many rows (a whole page of the default 16 tokens) are summed by a loop unrolled
 // in full (DotValuesPass) for groups of four queries (GQA 4, and GQA 8 in two groups): a loop of
 // eight row pairs per segment cost its exit once a page. Unrolled for every group size (1 to 6),
-// attention.cc took the fuzz build's clang (ASan and UBSan) more than twice as long. bf16
+// the kernels' one file then (attention.cc; this path is attend_bf16_dot.cc's now) took the fuzz
+// build's clang (ASan and UBSan) more than twice as long. bf16
 // decode on the Zen 4 VM, calls alternated in one process, each way its own instantiation of the
 // value pass, three runs: 1 x 2,048 paged 0.957-0.973x the time at one thread and 0.963-0.968x
 // at two; contiguous (segments of up to 256 rows) 0.99-1.00x; from DRAM (32 x 2,048, one thread)
