@@ -127,7 +127,12 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
   Scratch& s = scratch;
   // Per head h: queries, accumulators and softmax state of slots [h * NS, (h + 1) * NS); the
   // step's scores (and probabilities) are shared, each head's used up before the next.
-  s.q.assign(H * NS * D, 0.0f);
+  // Padding slots' queries are zeros; the real ones are written below.
+  s.q.resize(H * NS * D);
+  for (size_t h = 0; h < H; ++h) {
+    std::fill(s.q.begin() + static_cast<ptrdiff_t>((h * NS + NQ) * D),
+              s.q.begin() + static_cast<ptrdiff_t>((h + 1) * NS * D), 0.0f);
+  }
   s.acc.assign(H * NS * acc_stride, 0.0f);
   s.m.assign(H * NS, kNegInf);
   s.l.assign(H * NS, 0.0f);
@@ -163,8 +168,11 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
     for (size_t h = 0; h < H; ++h) {
       PackQueries(s.q.data() + h * NS * D, NQ, D, s.packed_q.data() + h * packed_size);
     }
-    // Zeros: the padding slots' rows are never written.
-    s.probabilities.assign(NS * t_pad, 0);
+    // Zeros in the padding slots' rows, which are never written (the real ones are before
+    // they are read).
+    s.probabilities.resize(NS * t_pad);
+    std::fill(s.probabilities.begin() + static_cast<ptrdiff_t>(NQ * t_pad), s.probabilities.end(),
+              uint16_t{0});
   }
 
   const int64_t lo = span.lo, hi = span.hi;

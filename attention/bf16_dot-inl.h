@@ -46,7 +46,35 @@ namespace pagedkv::internal::HWY_NAMESPACE {
 
 // Writes dst[d] = acc[...] * scale for d < D (a multiple of 8), undoing the interleaved dim
 // order of DotValues: per 32 dims, lane 4b + i of the "low" vector (acc[0, 16)) holds dim
-// 8b + i, the "high" vector (acc[16, 32)) dim 8b + 4 + i.
+// 8b + i, the "high" vector (acc[16, 32)) dim 8b + 4 + i. Reads whole 32-dim chunks (the
+// accumulators are padded to them).
+#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
+inline void StoreDotValues(const float* HWY_RESTRICT acc, size_t D, float scale,
+                           float* HWY_RESTRICT dst) {
+  const __m512 vs = _mm512_set1_ps(scale);
+  // Dims [0, 16) and [16, 32) of a chunk: blocks 0, 1 (2, 3) of low and high, alternating.
+  const __m512i first = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+  const __m512i second =
+      _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+  for (size_t c0 = 0; c0 < D; c0 += 32) {
+    const __m512 lo = _mm512_loadu_ps(acc + c0);
+    const __m512 hi = _mm512_loadu_ps(acc + c0 + 16);
+    const __m512 out0 = _mm512_mul_ps(_mm512_permutex2var_ps(lo, first, hi), vs);
+    const __m512 out1 = _mm512_mul_ps(_mm512_permutex2var_ps(lo, second, hi), vs);
+    const size_t rest = D - c0;
+    if (rest >= 32) {
+      _mm512_storeu_ps(dst + c0, out0);
+      _mm512_storeu_ps(dst + c0 + 16, out1);
+    } else {
+      const auto mask = [](size_t n) {
+        return static_cast<__mmask16>(n >= 16 ? 0xFFFFu : (1u << n) - 1);
+      };
+      _mm512_mask_storeu_ps(dst + c0, mask(rest), out0);
+      if (rest > 16) _mm512_mask_storeu_ps(dst + c0 + 16, mask(rest - 16), out1);
+    }
+  }
+}
+#else
 inline void StoreDotValues(const float* HWY_RESTRICT acc, size_t D, float scale,
                            float* HWY_RESTRICT dst) {
   for (size_t c0 = 0; c0 < D; c0 += 32) {
@@ -58,6 +86,7 @@ inline void StoreDotValues(const float* HWY_RESTRICT acc, size_t D, float scale,
     }
   }
 }
+#endif
 
 // Rows of one page that a step reads, as DotScores and DotValues take them: bf16 bits.
 using DotSegment = PageSegment<uint16_t>;
@@ -133,6 +162,12 @@ constexpr size_t CopyOf(size_t queries, size_t j, size_t b) {
   return queries == 4 ? (j + 4 - b % 4) % 4 : j < 2 && queries >= 2 ? (j + 2 - b % 2) % 2 : j;
 }
 
+// Block 0 of b0, block 1 of b1, block 2 of b2, block 3 of b3.
+PAGEDKV_BF16_DOT_ATTR HWY_INLINE __m512i BlocksOf(__m512i b0, __m512i b1, __m512i b2, __m512i b3) {
+  return _mm512_mask_mov_epi64(_mm512_mask_mov_epi64(_mm512_mask_mov_epi64(b0, 0x0C, b1), 0x30, b2),
+                               0xC0, b3);
+}
+
 // Packs the `num_queries` queries at q (f32, already scaled) for DotScores, in groups of four:
 // vector (g, c, r) at pack + ((g * chunks + c) * 4 + r) * 32 holds in its 128-bit block b dims
 // [32c + 8b, 32c + 8b + 8) of the query 4g + j of its group that CopyOf(the group's real queries,
@@ -141,21 +176,39 @@ constexpr size_t CopyOf(size_t queries, size_t j, size_t b) {
 PAGEDKV_BF16_DOT_ATTR inline void PackQueries(const float* HWY_RESTRICT q, size_t num_queries,
                                               size_t D, uint16_t* HWY_RESTRICT pack) {
   const size_t chunks = DotChunks(D);
-  for (size_t query = 0; query < num_queries; ++query) {
-    const size_t g = query / 4, j = query % 4;
+  for (size_t g = 0; 4 * g < num_queries; ++g) {
     const size_t real = std::min<size_t>(4, num_queries - 4 * g);
-    const float* row = q + query * D;
-    for (size_t d = 0; d < chunks * 32; d += 16) {
-      const size_t dims = d >= D ? 0 : std::min<size_t>(D - d, 16);
-      const __mmask16 live = static_cast<__mmask16>((1u << dims) - 1);
-      const __m256i bits = (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(live, row + d));
-      for (size_t half = 0; half < 2; ++half) {
-        const size_t c = (d + 8 * half) / 32, b = (d + 8 * half) / 8 % 4;
-        const size_t r = CopyOf(real, j, b);
-        uint16_t* dst = pack + ((g * chunks + c) * 4 + r) * 32 + 8 * b;
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), half == 0
-                                                              ? _mm256_castsi256_si128(bits)
-                                                              : _mm256_extracti128_si256(bits, 1));
+    // The query whose dims block b of copy r holds (CopyOf); -1: a copy not filled.
+    int source[4][4];
+    for (auto& copy : source) std::fill_n(copy, 4, -1);
+    for (size_t j = 0; j < real; ++j) {
+      for (size_t b = 0; b < 4; ++b) source[CopyOf(real, j, b)][b] = static_cast<int>(j);
+    }
+    for (size_t c = 0; c < chunks; ++c) {
+      // Dims [32c, 32c + 32) of each query as bf16, zeros past D.
+      const size_t dims = std::min<size_t>(D - 32 * c, 32);
+      const auto live = static_cast<__mmask16>(dims >= 16 ? 0xFFFFu : (1u << dims) - 1);
+      const auto live_hi = static_cast<__mmask16>(dims >= 32  ? 0xFFFFu
+                                                  : dims > 16 ? (1u << (dims - 16)) - 1
+                                                              : 0u);
+      __m512i bits[4];
+      for (size_t j = 0; j < real; ++j) {
+        const float* row = q + (4 * g + j) * D + 32 * c;
+        bits[j] = (__m512i)_mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(live_hi, row + 16),
+                                               _mm512_maskz_loadu_ps(live, row));
+      }
+      if (real == 4) {  // Copy r: block b of query (r + b) % 4, indices the compiler knows.
+        for (size_t r = 0; r < 4; ++r) {
+          _mm512_storeu_si512(
+              pack + ((g * chunks + c) * 4 + r) * 32,
+              BlocksOf(bits[r], bits[(r + 1) % 4], bits[(r + 2) % 4], bits[(r + 3) % 4]));
+        }
+        continue;
+      }
+      for (size_t r = 0; r < 4 && source[r][0] >= 0; ++r) {
+        _mm512_storeu_si512(pack + ((g * chunks + c) * 4 + r) * 32,
+                            BlocksOf(bits[source[r][0]], bits[source[r][1]], bits[source[r][2]],
+                                     bits[source[r][3]]));
       }
     }
   }

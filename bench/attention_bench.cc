@@ -161,6 +161,15 @@ void DecodeArgs(benchmark::internal::Benchmark* b) {
 BENCHMARK(BM_DecodePaged)->Apply(DecodeArgs);
 BENCHMARK(BM_DecodeContiguous)->Apply(DecodeArgs);
 
+// Decode of short contexts (8 sequences of 16, 64 and 256 tokens, paged), where what a work item
+// costs whatever its keys (its queries packed, its rows written, q read and out written) is a
+// large part of the call: at 16 tokens the 256 KiB of q and out are half as many bytes as K/V.
+void BM_DecodeShortContext(benchmark::State& state) { Decode(state, true); }
+BENCHMARK(BM_DecodeShortContext)
+    ->ArgNames({"batch", "context", "dtype", "threads"})
+    ->ArgsProduct({{8}, {16, 64, 256}, {1, 0, 2}, ThreadCounts()})
+    ->UseRealTime();
+
 // Runs calls[0], calls[1], ... in turn, once each per iteration, each iteration starting one call
 // later than the one before, and returns each call's median time in seconds. Alternating call by
 // call takes the machine's drift (a shared host's neighbours, its clock) out of the ratio of two
