@@ -82,10 +82,16 @@ BENCHMARK(BM_DecodeArithmeticRead)
 // head's 128-token page). `ahead` 0: the next run is prefetched into L1 as a run starts; 4: the
 // run four on is fetched into L2 line for line with the lines read, as the decode kernel fetches
 // pages a step ahead (PageFetch::kFar). Its bytes/s against BM_StreamRead's is what scattering
-// costs the memory system itself. On the Zen 4 VM, 256 MiB at one thread, two runs: 4 KiB runs
-// read 0.72-0.78 of BM_StreamRead with `ahead` 4 and 0.39 with 0; 32 KiB runs 0.83-0.96 and
-// 0.64-0.66. (A standalone loop of the same shape found no L2 distance from 1 to 16 runs better
-// than another for 4 KiB: 0.70-0.81 of a sequential read.)
+// costs the memory system itself. On the Zen 4 VM, 256 MiB at one thread, against the stream of
+// the same huge-page memory (one run, medians of 3): 4 KiB runs read 0.62 of it with `ahead` 4
+// and 0.35 with 0, 32 KiB runs 0.93 and 0.45. (Against the earlier stream of 4 KiB pages, two
+// runs: 0.72-0.78 and 0.39, 0.83-0.96 and 0.64-0.66.) A standalone loop of the same shape, 4 KiB
+// runs against a sequential read of its own huge-page buffer: 0.66-0.72 with every line fetched
+// into L2 2 to 64 runs ahead (prefetcht1 and t2 alike, 0.61-0.64 one run ahead), 0.39 into L1,
+// 0.40-0.41 with the non-temporal hint, and 0.18-0.42 with only the first 1 to 8 lines of each run
+// fetched, which does not set the hardware prefetcher going; 8 and 16 KiB runs 0.59-0.60 with
+// the L2 fetch, 32 KiB 0.80-0.85. That is the most software fetching gets from scattered 4 KiB
+// pages on this VM, where decode of 32 x 2,048 reads 0.61-0.64.
 void BM_ScatteredPageRead(benchmark::State& state) {
   const size_t bytes = static_cast<size_t>(state.range(0));
   const int threads = static_cast<int>(state.range(1));
@@ -119,10 +125,12 @@ BENCHMARK(BM_ScatteredPageRead)
 // block_order 1 also fetches the pages a step ahead into L2 in block order. On the Zen 4 VM
 // (two runs, medians, against BM_StreamRead of 256 MiB in the same run): 0.63-0.68 of the stream
 // at one thread, where decode of 32 x 2,048 reads 0.61-0.64, and 0.85-0.99 at two, where decode
-// reads 0.59-0.83; block_order 0.76-0.83 and 0.83-1.08 (a standalone loop of the same shape:
-// 0.73-0.83 against 0.58-0.66 at one thread). The same fetch in the kernel (each head's segments fetching their
-// share of the pages a step ahead) left its DRAM rows as they were, 0.60-0.64 of the stream
-// against 0.61-0.63 in two runs of each build, and took 1.06-1.2x the time in L3: not kept.
+// reads 0.59-0.83 (a third run, six repetitions: 0.61 at two, decode 0.69; the VM's two-thread
+// DRAM rate swings too much to say which is faster); block_order 0.76-0.83 and 0.83-1.08 (a
+// standalone loop of the same shape: 0.73-0.83 against 0.58-0.66 at one thread). The same fetch
+// in the kernel (each head's segments fetching their share of the pages a step ahead) left its
+// DRAM rows as they were, 0.60-0.64 of the stream against 0.61-0.63 in two runs of each build,
+// and took 1.06-1.2x the time in L3: not kept.
 void BM_DecodeOrderRead(benchmark::State& state) {
   const int threads = static_cast<int>(state.range(0));
   const bool block_order = state.range(1) != 0;
