@@ -163,7 +163,8 @@ BENCHMARK(BM_DecodeContiguous)->Apply(DecodeArgs);
 
 // Decode of short contexts (8 sequences of 16, 64 and 256 tokens, paged), where what a work item
 // costs whatever its keys (its queries packed, its rows written, q read and out written) is a
-// large part of the call: at 16 tokens the 256 KiB of q and out are half as many bytes as K/V.
+// large part of the call: at 16 tokens the 256 KiB of q and out are half as many bytes as bf16
+// K/V.
 void BM_DecodeShortContext(benchmark::State& state) { Decode(state, true); }
 BENCHMARK(BM_DecodeShortContext)
     ->ArgNames({"batch", "context", "dtype", "threads"})
