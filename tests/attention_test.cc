@@ -297,15 +297,47 @@ TEST(AttentionTest, SlidingWindowAndSoftCap) {
 
 TEST(AttentionTest, ForkedSequencesShareBlocks) {
   ForEachTarget([&] {
-    Case c;
-    c.head_dim = 128;
-    c.block_size = 16;
-    c.group = 2;
-    c.dtype = DType::kBF16;
-    c.lengths = {40, 45, 52, 40};
-    c.fork_of = {-1, 0, 0, 0};
-    c.q_lens = {1, 5, 12, 1};
-    ASSERT_LE(RunCase(c, 3), Tolerance(c.dtype));
+    for (int32_t shared : {0, 16}) {
+      Case c;
+      c.head_dim = 128;
+      c.block_size = 16;
+      c.group = 2;
+      c.dtype = DType::kBF16;
+      c.lengths = {40, 45, 52, 40};
+      c.fork_of = {-1, 0, 0, 0};
+      c.q_lens = {1, 5, 12, 1};
+      c.options.min_shared_prefix_tokens = shared;
+      ASSERT_LE(RunCase(c, 3), Tolerance(c.dtype)) << "min_shared_prefix_tokens " << shared;
+    }
+  });
+}
+
+// Beam search and parallel sampling: two families of forks (and forks of forks) of different
+// prompts in one batch, read with their shared prefixes once for all (min_shared_prefix_tokens),
+// with queries of one and several tokens, in groups cut short by the 64 query vectors a KV head
+// takes (GQA 8: 8 rows), and with their keys partitioned over threads too.
+TEST(AttentionTest, SharedPrefixesMatchReference) {
+  ForEachTarget([&] {
+    for (DType dtype : {DType::kF32, DType::kBF16, DType::kF16}) {
+      for (int32_t threads : {1, 3}) {
+        for (int32_t block_size : {16, 5}) {
+          Case c;
+          c.head_dim = 64;
+          c.block_size = block_size;
+          c.group = dtype == DType::kF16 ? 8 : 4;
+          c.dtype = dtype;
+          c.lengths = {300, 301, 310, 350, 302, 200, 305, 230, 360, 205, 309};
+          c.fork_of = {-1, 0, 0, 0, 0, -1, 1, 5, 3, 5, 0};
+          c.q_lens = {1, 1, 3, 1, 2, 1, 1, 4, 1, 1, 1};
+          c.options.num_threads = threads;
+          c.options.min_partition_tokens = 64;
+          c.options.min_shared_prefix_tokens = 32;
+          c.in_place = threads == 3;
+          ASSERT_LE(RunCase(c, 17), Tolerance(dtype))
+              << DTypeName(dtype) << " threads " << threads << " block " << block_size;
+        }
+      }
+    }
   });
 }
 
@@ -444,13 +476,15 @@ TEST(AttentionTest, RandomShapesAndOptionsMatchReference) {
       c.in_place = pick(0, 3) == 0;
       c.options.page_fetch = static_cast<PageFetch>(pick(0, 2));
       c.other_fetch = pick(0, 3) == 0;
+      c.options.min_shared_prefix_tokens = pick(0, 2) == 0 ? pick(-1, 0) : pick(1, 64);
       const double err = RunCase(c, seed);
       ASSERT_LE(err, Tolerance(c.dtype))
           << "seed " << seed << ": head_dim " << c.head_dim << " block " << c.block_size
           << " kv heads " << c.num_kv_heads << " group " << c.group << " " << DTypeName(c.dtype)
           << " seqs " << seqs << " window " << c.options.sliding_window << " cap "
           << c.options.soft_cap << " threads " << c.options.num_threads << " page_fetch "
-          << static_cast<int>(c.options.page_fetch);
+          << static_cast<int>(c.options.page_fetch) << " min_shared_prefix_tokens "
+          << c.options.min_shared_prefix_tokens;
     }
   });
   EXPECT_GT(runs, 0);
@@ -494,6 +528,10 @@ TEST(AttentionTest, BadInputIsRejectedAndNothingIsWritten) {
   AttentionOptions bad;
   bad.sliding_window = -1;
   expect_invalid(DecodeAttention(view, 0, hq, q, absl::MakeSpan(out), bad), "bad options");
+  AttentionOptions negative_shared;
+  negative_shared.min_shared_prefix_tokens = -2;
+  expect_invalid(DecodeAttention(view, 0, hq, q, absl::MakeSpan(out), negative_shared),
+                 "min_shared_prefix_tokens -2");
   AttentionOptions infinite_cap;
   infinite_cap.soft_cap = std::numeric_limits<float>::infinity();
   expect_invalid(DecodeAttention(view, 0, hq, q, absl::MakeSpan(out), infinite_cap),

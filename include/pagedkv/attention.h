@@ -53,6 +53,9 @@ enum class PageFetch : int8_t {
   kFar = 2,
 };
 
+// AttentionOptions::min_shared_prefix_tokens' default: a size chosen per dtype.
+inline constexpr int32_t kAutoSharedPrefix = -1;
+
 struct AttentionOptions {
   // Multiplies q.k before the softmax. 0: 1 / sqrt(head_dim).
   float scale = 0.0f;
@@ -70,6 +73,21 @@ struct AttentionOptions {
   // With more threads than (sequence, kv head) work, a long context is split into partitions of
   // at least this many tokens that run in parallel and are reduced (flash-decoding).
   int32_t min_partition_tokens = 512;
+  // Sequences of one call whose block tables start with the same blocks for at least this many
+  // tokens (forks for beam search and parallel sampling, prompts shared through the prefix
+  // cache) read those pages once for all of them: one work item attends all their queries to the
+  // shared keys, others each sequence's queries to its own keys, and the two are combined as
+  // flash-decoding's partitions are. A group holds at most 64 query vectors per KV head (16
+  // sequences' decode at GQA 4). Results differ from unshared reads by rounding only.
+  //   -1 (kAutoSharedPrefix): 1,024 tokens for f32 and bf16 pages, never for f16 pages.
+  //   0: never. Nor with a sliding_window.
+  // It saves bytes, not arithmetic. On the 2-vCPU Zen 4 VM (BM_DecodeForked, 8 prompts of 2,048
+  // tokens forked 4 ways, 64 tokens each of their own) bf16 decode took 0.87x the unshared time at
+  // one thread and 0.72-0.89x at two, f32 0.77x and 0.84x; f16 1.00-1.03x, and 1.08-1.12x with
+  // K/V in L3, its row kernel being slower per query in groups of 8-16. 2,048-token prompts read
+  // from L3 took 0.88-0.95x (bf16) and 0.71-0.90x (f32); prompts of 256 tokens with 16 of their
+  // own 1.09-1.16x (bf16, a work item's fixed cost paid twice a sequence), of 1,024 0.94-0.95x.
+  int32_t min_shared_prefix_tokens = kAutoSharedPrefix;
   // How bf16 pages are multiplied (Bf16Products). kAuto's results differ between CPUs by the
   // bf16 rounding; kWiden gives the same f32 products everywhere.
   Bf16Products bf16_products = Bf16Products::kAuto;

@@ -81,6 +81,7 @@ void Run(FuzzedDataProvider& in) {
   options.min_partition_tokens = in.ConsumeIntegralInRange<int32_t>(1, 64);
   options.bf16_products = static_cast<Bf16Products>(in.ConsumeIntegralInRange<int>(0, 2));
   options.page_fetch = static_cast<PageFetch>(in.ConsumeIntegralInRange<int>(0, 2));
+  options.min_shared_prefix_tokens = in.ConsumeIntegralInRange<int32_t>(-1, 64);
   // bf16 products round the queries to bf16, so each logit is off by about 2^-9 of its size
   // (attention.h). Beyond scale 1, these K/V make logits sharp enough for that to leave the
   // tolerance below: a documented limit of the option, not a fault. f32 products take any scale.
@@ -195,13 +196,13 @@ void Run(FuzzedDataProvider& in) {
   if (!(err <= tolerance * scale)) {
     std::fprintf(stderr,
                  "head_dim %d block %d kv heads %d group %d dtype %s seqs %d scale %g window %d "
-                 "cap %g threads %d partition %d bf16 products %d: error %g of scale %g\n",
+                 "cap %g threads %d partition %d bf16 products %d shared prefix %d: error %g of "
+                 "scale %g\n",
                  config.head_dim, config.block_size, config.num_kv_heads, group,
                  std::string(DTypeName(config.dtype)).c_str(), num_seqs, options.scale,
-                 options.sliding_window, options.soft_cap,
-                 options.num_threads, options.min_partition_tokens,
-                 static_cast<int>(options.bf16_products),
-                 err / scale, scale);
+                 options.sliding_window, options.soft_cap, options.num_threads,
+                 options.min_partition_tokens, static_cast<int>(options.bf16_products),
+                 options.min_shared_prefix_tokens, err / scale, scale);
     Die("attention differs from the reference");
   }
 }
