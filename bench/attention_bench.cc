@@ -75,24 +75,10 @@ struct Fixture {
     config.num_blocks = paged ? blocks + (blocks + run - 1) / run : blocks;  // Spacers.
     config.max_seq_len = context;
     cache = OrDie(PagedKvCache::Create(config), "cache");
-    if (paged) Scatter(blocks, run);
-    std::mt19937 rng(42);
-    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
-    const int64_t chunk = 256;
-    std::vector<float> k(static_cast<size_t>(chunk * kv_heads * head_dim));
-    std::vector<float> v(k.size());
-    for (float& x : k) x = u(rng);
-    for (float& x : v) x = u(rng);
+    if (paged) Scatter(*cache, blocks, run);
     for (int64_t s = 0; s < batch; ++s) {
       const SeqId id = OrDie(cache->CreateSequence(), "create").id;
-      OrDie(cache->Reserve(id, context), "reserve");
-      for (int32_t layer = 0; layer < layers; ++layer) {
-        for (int64_t p = 0; p < context; p += chunk) {
-          const size_t n = static_cast<size_t>(std::min(chunk, context - p) * kv_heads * head_dim);
-          OrDie(cache->WriteKv(id, layer, p, absl::MakeConstSpan(k).first(n),
-                               absl::MakeConstSpan(v).first(n)), "write");
-        }
-      }
+      Append(*cache, id, context);
       seqs.push_back(id);
     }
     view = OrDie(cache->MakeView(seqs, &storage), "view");
@@ -103,17 +89,39 @@ struct Fixture {
   // pool hands out ids in order) are created in turn and the former freed in a shuffled order.
   // Without the spacers the pool would grow each sequence into the next free block
   // (BlockPool::AllocateRun) and hand out the whole free pool as one run.
-  void Scatter(int32_t blocks, int32_t run) {
-    const int64_t bs = cache->config().block_size;
+  static void Scatter(PagedKvCache& cache, int32_t blocks, int32_t run) {
+    const int64_t bs = cache.config().block_size;
     std::vector<SeqId> runs;
     for (int32_t b = 0; b < blocks; b += run) {
-      const SeqId id = OrDie(cache->CreateSequence(), "create").id;
-      OrDie(cache->Reserve(id, std::min<int64_t>(run, blocks - b) * bs), "reserve");
+      const SeqId id = OrDie(cache.CreateSequence(), "create").id;
+      OrDie(cache.Reserve(id, std::min<int64_t>(run, blocks - b) * bs), "reserve");
       runs.push_back(id);
-      OrDie(cache->Reserve(OrDie(cache->CreateSequence(), "create").id, 1), "spacer");
+      OrDie(cache.Reserve(OrDie(cache.CreateSequence(), "create").id, 1), "spacer");
     }
     std::shuffle(runs.begin(), runs.end(), std::mt19937(7));
-    for (SeqId id : runs) OrDie(cache->Free(id), "free");
+    for (SeqId id : runs) OrDie(cache.Free(id), "free");
+  }
+
+  // Appends `tokens` positions of random K/V to sequence `id`, in every layer.
+  static void Append(PagedKvCache& cache, SeqId id, int64_t tokens) {
+    const CacheConfig& config = cache.config();
+    std::mt19937 rng(42);
+    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+    const int64_t chunk = 256;
+    std::vector<float> k(static_cast<size_t>(chunk * config.num_kv_heads * config.head_dim));
+    std::vector<float> v(k.size());
+    for (float& x : k) x = u(rng);
+    for (float& x : v) x = u(rng);
+    const int64_t start = OrDie(cache.Reserve(id, tokens), "reserve");
+    for (int32_t layer = 0; layer < config.num_layers; ++layer) {
+      for (int64_t p = 0; p < tokens; p += chunk) {
+        const size_t n = static_cast<size_t>(std::min(chunk, tokens - p) * config.num_kv_heads *
+                                             config.head_dim);
+        OrDie(cache.WriteKv(id, layer, start + p, absl::MakeConstSpan(k).first(n),
+                            absl::MakeConstSpan(v).first(n)),
+              "write");
+      }
+    }
   }
 
   int64_t KvBytes() const { return ViewKvBytes(view); }
@@ -254,6 +262,63 @@ void BM_DecodePagedOverStream(benchmark::State& state) {
   state.SetBytesProcessed(state.iterations() * 2 * paged.KvBytes());
 }
 BENCHMARK(BM_DecodePagedOverStream)->Apply(DecodeShapes)->UseManualTime();
+
+// Beam search and parallel sampling: `families` prompts of `prompt` tokens, each forked into
+// `beams` sequences that have gone on for `own` tokens each (16-token pages in random order, a
+// family's sequences next to each other in the batch), decoded with the shared prompts' pages read
+// once for each family (AttentionOptions::min_shared_prefix_tokens 1, whatever the dtype) and with
+// every sequence reading all of its pages (0), calls alternated: shared_over_unshared is the ratio
+// of their median times. bytes/s counts the K/V bytes the sequences attend to (what the unshared
+// calls read) for both calls.
+void BM_DecodeForked(benchmark::State& state) {
+  const int64_t families = state.range(0), beams = state.range(1);
+  const int64_t prompt = state.range(2), own = state.range(3);
+  CacheConfig config;
+  config.num_layers = 1;
+  config.num_kv_heads = kKvHeads;
+  config.head_dim = kHeadDim;
+  config.dtype = DTypeArg(state.range(4));
+  config.block_size = 16;
+  const auto blocks =
+      static_cast<int32_t>(families * ((prompt + 15) / 16 + beams * ((own + 15) / 16 + 1)));
+  config.num_blocks = 2 * blocks;  // With Scatter's spacers.
+  config.max_seq_len = prompt + own;
+  const auto cache = OrDie(PagedKvCache::Create(config), "cache");
+  Fixture::Scatter(*cache, blocks, 1);
+  std::vector<SeqId> seqs;
+  for (int64_t f = 0; f < families; ++f) {
+    const SeqId parent = OrDie(cache->CreateSequence(), "create").id;
+    Fixture::Append(*cache, parent, prompt);
+    seqs.push_back(parent);
+    for (int64_t b = 1; b < beams; ++b) seqs.push_back(OrDie(cache->Fork(parent), "fork"));
+    for (auto it = seqs.end() - beams; it != seqs.end(); ++it) Fixture::Append(*cache, *it, own);
+  }
+  PagedKvViewStorage storage;
+  const PagedKvView view = OrDie(cache->MakeView(seqs, &storage), "view");
+  AttentionOptions shared;
+  shared.num_threads = static_cast<int32_t>(state.range(5));
+  AttentionOptions unshared = shared;
+  shared.min_shared_prefix_tokens = 1;
+  unshared.min_shared_prefix_tokens = 0;
+  std::vector<float> q(seqs.size() * kQHeads * kHeadDim, 0.01f);
+  std::vector<float> out(q.size());
+  const auto call = [&](const AttentionOptions& options) {
+    return [&view, &q, &out, options] {
+      OrDie(DecodeAttention(view, 0, kQHeads, q, absl::MakeSpan(out), options), "decode");
+      benchmark::DoNotOptimize(out.data());
+    };
+  };
+  const std::vector<double> median =
+      MedianSecondsOfAlternatedCalls(state, {call(shared), call(unshared)});
+  state.counters["shared_over_unshared"] = median[0] / median[1];
+  state.SetBytesProcessed(state.iterations() * 2 * ViewKvBytes(view));
+}
+BENCHMARK(BM_DecodeForked)
+    ->ArgNames({"families", "beams", "prompt", "own", "dtype", "threads"})
+    ->ArgsProduct({{1}, {2, 4, 16}, {2048}, {64}, {1, 0, 2}, ThreadCounts()})
+    ->ArgsProduct({{8}, {4}, {2048}, {64}, {1, 0, 2}, ThreadCounts()})
+    ->ArgsProduct({{8}, {4}, {256, 1024}, {16}, {1}, ThreadCounts()})
+    ->UseManualTime();
 
 // Times ExtendAttention of `fresh` new tokens of the fixture's one sequence (its last `fresh`).
 void RunExtend(benchmark::State& state, const Fixture& f, int64_t fresh,
