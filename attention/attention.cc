@@ -70,6 +70,7 @@ HWY_AFTER_NAMESPACE();
 #endif
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -125,6 +126,23 @@ bool CpuPrefersFarFetch() {
   return false;
 #endif
 }
+
+namespace {
+std::atomic<int> scores8_for_test{-1};
+}  // namespace
+
+bool UseScores8() {
+  const int forced = scores8_for_test.load(std::memory_order_relaxed);
+  if (forced >= 0) return forced == 1;
+#if defined(__x86_64__) || defined(__i386__)
+  static const bool amd = __builtin_cpu_is("amd");
+  return !amd;
+#else
+  return true;
+#endif
+}
+
+void SetScores8ForTest(int mode) { scores8_for_test.store(mode, std::memory_order_relaxed); }
 }  // namespace internal
 
 namespace {
@@ -252,6 +270,7 @@ absl::Status ExtendAttention(const PagedKvView& view, int32_t layer, int32_t num
                                  internal::CpuPrefersBf16Dot();
   args.fetch_far = options.page_fetch == PageFetch::kFar ||
                    (options.page_fetch == PageFetch::kAuto && internal::CpuPrefersFarFetch());
+  args.scores8 = internal::UseScores8();
   const int32_t threads = ThreadCount(options.num_threads);
 
   // Query rows are tiled so that a tile holds about 64 query vectors of one KV head.

@@ -384,7 +384,7 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
           // Only the first query group prefetches: the others read the same rows.
           size_t j = 0;
 #if HWY_TARGET <= HWY_AVX3
-          if constexpr (std::is_same_v<T, hwy::float16_t>) {
+          if (std::is_same_v<T, hwy::float16_t> && a.scores8) {
             for (; j + 2 * kQueryGroup <= NQ4; j += 2 * kQueryGroup) {
               Scores8<kSplit>(q_all + j * D, rot_all + j * D, keys, n_part, D,
                               scores_all + j * t_pad + col, t_pad, j == 0 ? lead_k : nullptr,

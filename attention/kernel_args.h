@@ -50,6 +50,9 @@ struct KernelArgs {
   int32_t sliding_window = 0;
   bool bf16_products = false;  // Whether bf16 pages take the vdpbf16ps path (Bf16Products).
   bool fetch_far = false;      // Whether the row kernel fetches pages a step ahead (PageFetch).
+  // Whether the row kernel scores f16 pages eight queries at a time (Scores8) on AVX-512, where
+  // two groups of four would widen each key twice.
+  bool scores8 = false;
 };
 
 // Whether this CPU has AVX512_BF16 (vdpbf16ps).
@@ -58,6 +61,11 @@ bool CpuHasBf16Dot();
 bool CpuPrefersBf16Dot();
 // Whether PageFetch::kAuto fetches pages a step ahead here: an AMD family 19h CPU with AVX-512.
 bool CpuPrefersFarFetch();
+// Whether f16 pages are scored eight queries at a time (KernelArgs::scores8): not on AMD CPUs,
+// unless a test says otherwise (SetScores8ForTest).
+bool UseScores8();
+// For tests: -1 (the start) follows the CPU, 0 and 1 turn Scores8 off and on.
+void SetScores8ForTest(int mode);
 
 }  // namespace pagedkv::internal
 

@@ -338,7 +338,9 @@ HWY_INLINE void Scores4(const float* HWY_RESTRICT q, const float* HWY_RESTRICT r
 // group in turn. Prefetches as Scores4. Used for f16 pages, whose widening takes two uops per
 // vector (GQA 8 decode with Values8, Emerald Rapids, one thread, calls alternated in one
 // process: 0.88-0.92x the time of Values8 alone); bf16's split widening is one op, and there
-// two Scores4 measured faster (this took 1.04x).
+// two Scores4 measured faster (this took 1.04x). Not on AMD CPUs (KernelArgs::scores8): on the
+// Zen 4 core two Scores4 took f16 decode (1 x 2,048, one thread, the builds run in turn three
+// times) 0.96x the time at GQA 8 and 0.93x at GQA 7, 1.00-1.02x at GQA 4-6 (not changed).
 template <bool kSplit, typename T>
 HWY_INLINE void Scores8(const float* HWY_RESTRICT q, const float* HWY_RESTRICT rot,
                         const T* HWY_RESTRICT keys, size_t n_keys, size_t D,

@@ -312,6 +312,27 @@ TEST(AttentionTest, ForkedSequencesShareBlocks) {
   });
 }
 
+// f16 pages at GQA 7 and 8 are scored eight queries at a time (Scores8) on AVX-512 on some CPUs
+// and in two groups of four on others (KernelArgs::scores8): both, on every target.
+TEST(AttentionTest, EightQueryScoresMatchReference) {
+  for (int scores8 : {0, 1}) {
+    internal::SetScores8ForTest(scores8);
+    ForEachTarget([&] {
+      for (int32_t group : {7, 8}) {
+        Case c;
+        c.head_dim = 128;
+        c.group = group;
+        c.dtype = DType::kF16;
+        c.lengths = {300, 41, 17};
+        c.q_lens = {1, 2, 1};
+        ASSERT_LE(RunCase(c, 23), Tolerance(c.dtype))
+            << "group " << group << " scores8 " << scores8;
+      }
+    });
+  }
+  internal::SetScores8ForTest(-1);
+}
+
 // Beam search and parallel sampling: two families of forks (and forks of forks) of different
 // prompts in one batch, read with their shared prefixes once for all (min_shared_prefix_tokens),
 // with queries of one and several tokens, in groups cut short by the 64 query vectors a KV head
