@@ -81,12 +81,12 @@ struct AttentionOptions {
   // sequences' decode at GQA 4). Results differ from unshared reads by rounding only.
   //   -1 (kAutoSharedPrefix): 1,024 tokens for f32 and bf16 pages, never for f16 pages.
   //   0: never. Nor with a sliding_window.
-  // It saves bytes, not arithmetic. On the 2-vCPU Zen 4 VM (BM_DecodeForked, 8 prompts of 2,048
-  // tokens forked 4 ways, 64 tokens each of their own) bf16 decode took 0.87x the unshared time at
-  // one thread and 0.72-0.89x at two, f32 0.77x and 0.84x; f16 1.00-1.03x, and 1.08-1.12x with
-  // K/V in L3, its row kernel being slower per query in groups of 8-16. 2,048-token prompts read
-  // from L3 took 0.88-0.95x (bf16) and 0.71-0.90x (f32); prompts of 256 tokens with 16 of their
-  // own 1.09-1.16x (bf16, a work item's fixed cost paid twice a sequence), of 1,024 0.94-0.95x.
+  // It saves bytes, not arithmetic. On the 2-vCPU Zen 4 VM (BM_DecodeForked, calls alternated,
+  // one and two threads) 8 prompts of 2,048 tokens forked 4 ways, with 64 tokens each of their
+  // own, took bf16 0.87x and 0.72x the unshared time, f32 0.75x and 0.65x, f16 0.95x and 0.86x;
+  // one such prompt forked 2-16 ways bf16 0.91-1.02x, f32 0.72-0.90x, f16 0.95-1.08x; 8 x 4 forks
+  // of 1,024 tokens (bf16) 0.94x and 0.88x, of 256 tokens 1.20x and 1.64x (each sequence pays a
+  // work item's fixed cost twice).
   int32_t min_shared_prefix_tokens = kAutoSharedPrefix;
   // How bf16 pages are multiplied (Bf16Products). kAuto's results differ between CPUs by the
   // bf16 rounding; kWiden gives the same f32 products everywhere.
