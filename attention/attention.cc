@@ -1,5 +1,6 @@
-// Validation, work planning, threads and the flash-decoding reduction around the per-target
-// kernels (attention_kernel-inl.h, tile_kernel-inl.h), and the choice between them per item.
+// Validation, the kernels' arguments and threads around the per-target kernels
+// (attention_kernel-inl.h, tile_kernel-inl.h), and the choice between them per item; the work
+// plan and its combine are in work_plan.h.
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "attention/attention.cc"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
