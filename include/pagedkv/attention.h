@@ -83,10 +83,10 @@ struct AttentionOptions {
   //   0: never. Nor with a sliding_window.
   // It saves bytes, not arithmetic. On the 2-vCPU Zen 4 VM (BM_DecodeForked, calls alternated,
   // one and two threads) 8 prompts of 2,048 tokens forked 4 ways, with 64 tokens each of their
-  // own, took bf16 0.87x and 0.72x the unshared time, f32 0.75x and 0.65x, f16 0.95x and 0.86x;
-  // one such prompt forked 2-16 ways bf16 0.91-1.02x, f32 0.72-0.90x, f16 0.95-1.08x; 8 x 4 forks
-  // of 1,024 tokens (bf16) 0.94x and 0.88x, of 256 tokens 1.20x and 1.64x (each sequence pays a
-  // work item's fixed cost twice).
+  // own, took bf16 0.87-0.89x and 0.72-0.89x the unshared time, f32 0.73-0.75x and 0.65-0.89x,
+  // f16 0.95x and 0.85-0.99x (three runs); one such prompt forked 2-16 ways bf16 0.91-1.02x, f32
+  // 0.72-0.90x, f16 0.95-1.08x; 8 x 4 forks of 1,024 tokens (bf16) 0.94x and 0.88x, of 256 tokens
+  // 1.20x and 1.64x (each sequence pays a work item's fixed cost twice).
   int32_t min_shared_prefix_tokens = kAutoSharedPrefix;
   // How bf16 pages are multiplied (Bf16Products). kAuto's results differ between CPUs by the
   // bf16 rounding; kWiden gives the same f32 products everywhere.
