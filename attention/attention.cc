@@ -74,8 +74,6 @@ HWY_AFTER_NAMESPACE();
 #include <atomic>
 #include <cmath>
 #include <cstdint>
-#include <limits>
-#include <memory>
 #include <numeric>
 #include <thread>
 #include <vector>
