@@ -211,11 +211,11 @@ std::vector<double> MedianSecondsOfAlternatedCalls(
   return medians;
 }
 
-// One decode call of the fixture (all its sequences), as the decode rows time it.
-std::function<void()> DecodeCall(const Fixture& f, const AttentionOptions& options,
+// One decode call of a view (all its sequences), as the decode rows time it.
+std::function<void()> DecodeCall(const PagedKvView& view, const AttentionOptions& options,
                                  std::vector<float>& q, std::vector<float>& out) {
-  return [&f, options, &q, &out] {
-    OrDie(DecodeAttention(f.view, 0, kQHeads, q, absl::MakeSpan(out), options), "decode");
+  return [&view, options, &q, &out] {
+    OrDie(DecodeAttention(view, 0, kQHeads, q, absl::MakeSpan(out), options), "decode");
     benchmark::DoNotOptimize(out.data());
   };
 }
@@ -234,7 +234,8 @@ void BM_DecodePagedOverContiguous(benchmark::State& state) {
   std::vector<float> q(static_cast<size_t>(state.range(0) * kQHeads * kHeadDim), 0.01f);
   std::vector<float> out(q.size());
   const std::vector<double> median = MedianSecondsOfAlternatedCalls(
-      state, {DecodeCall(paged, options, q, out), DecodeCall(contiguous, options, q, out)});
+      state,
+      {DecodeCall(paged.view, options, q, out), DecodeCall(contiguous.view, options, q, out)});
   state.counters["paged_over_contiguous"] = median[0] / median[1];
   state.SetBytesProcessed(state.iterations() * (paged.KvBytes() + contiguous.KvBytes()));
 }
@@ -255,7 +256,7 @@ void BM_DecodePagedOverStream(benchmark::State& state) {
   std::vector<float> out(q.size());
   const ArenaArray<float> stream(static_cast<size_t>(paged.KvBytes()) / sizeof(float), 1.0f);
   const std::vector<double> median = MedianSecondsOfAlternatedCalls(
-      state, {DecodeCall(paged, options, q, out),
+      state, {DecodeCall(paged.view, options, q, out),
               [&] { benchmark::DoNotOptimize(StreamOnce(stream.span(), threads)); }});
   state.counters["paged_over_stream"] = median[1] / median[0];
   state.counters["kv_bytes"] = static_cast<double>(paged.KvBytes());
@@ -302,14 +303,8 @@ void BM_DecodeForked(benchmark::State& state) {
   unshared.min_shared_prefix_tokens = 0;
   std::vector<float> q(seqs.size() * kQHeads * kHeadDim, 0.01f);
   std::vector<float> out(q.size());
-  const auto call = [&](const AttentionOptions& options) {
-    return [&view, &q, &out, options] {
-      OrDie(DecodeAttention(view, 0, kQHeads, q, absl::MakeSpan(out), options), "decode");
-      benchmark::DoNotOptimize(out.data());
-    };
-  };
-  const std::vector<double> median =
-      MedianSecondsOfAlternatedCalls(state, {call(shared), call(unshared)});
+  const std::vector<double> median = MedianSecondsOfAlternatedCalls(
+      state, {DecodeCall(view, shared, q, out), DecodeCall(view, unshared, q, out)});
   state.counters["shared_over_unshared"] = median[0] / median[1];
   state.SetBytesProcessed(state.iterations() * 2 * ViewKvBytes(view));
 }
@@ -426,7 +421,7 @@ void BM_DecodePageFetch(benchmark::State& state) {
   AttentionOptions far = near;
   far.page_fetch = PageFetch::kFar;
   const std::vector<double> median = MedianSecondsOfAlternatedCalls(
-      state, {DecodeCall(f, near, q, out), DecodeCall(f, far, q, out)});
+      state, {DecodeCall(f.view, near, q, out), DecodeCall(f.view, far, q, out)});
   state.counters["far_over_near"] = median[1] / median[0];
   state.SetBytesProcessed(state.iterations() * 2 * f.KvBytes());
 }
@@ -526,7 +521,8 @@ void BM_DecodePageRun(benchmark::State& state) {
   std::vector<float> q(static_cast<size_t>(batch * kQHeads * kHeadDim), 0.01f);
   std::vector<float> out(q.size());
   const std::vector<double> median = MedianSecondsOfAlternatedCalls(
-      state, {DecodeCall(paged, options, q, out), DecodeCall(contiguous, options, q, out)});
+      state,
+      {DecodeCall(paged.view, options, q, out), DecodeCall(contiguous.view, options, q, out)});
   state.counters["paged_over_contiguous"] = median[0] / median[1];
   state.counters["pages_per_run"] = PagesPerRun(paged.view);
   state.SetBytesProcessed(state.iterations() * (paged.KvBytes() + contiguous.KvBytes()));
