@@ -45,9 +45,17 @@ namespace pagedkv::internal::HWY_NAMESPACE {
 #if HWY_TARGET <= HWY_AVX3
 constexpr size_t kTileKeys = 8;     // 16 accumulators, 2 query vectors, a broadcast: 19 of 32.
 constexpr size_t kTileQueries = 4;  // 16 accumulators, 4 value vectors, a broadcast: 21 of 32.
+constexpr size_t kTileChunks = 4;
 #else
-constexpr size_t kTileKeys = 4;     // 8 + 2 + 1 of 16.
-constexpr size_t kTileQueries = 2;  // 8 + 4 + 1 of 16.
+constexpr size_t kTileKeys = 4;  // 8 + 2 + 1 of 16.
+// 8 accumulators + 2 value vectors + a broadcast of 16. Two queries by four value vectors
+// (8 + 4 + 1) had GCC fold the value loads into the FMAs, loading each V chunk twice: 10 loads
+// for 8 FMAs, and 45% of bf16 extend's time in that loop against 33% in the scores' (perf, Zen 3,
+// AVX2). Four by two, both compiled into one binary and their calls alternated (extend of 512
+// on 1,536, Zen 3 VM, six runs): f32 0.88-0.96x the time, bf16 0.80-0.86x, f16 0.81-1.08x (two
+// short runs above 1) at one thread; 0.86-0.91x, 0.80-0.87x and 0.85-0.97x at two.
+constexpr size_t kTileQueries = 4;
+constexpr size_t kTileChunks = 2;
 #endif
 
 // Fewest queries per item for the tile kernel: two vectors' worth, so its vectors of queries
@@ -101,16 +109,16 @@ HWY_INLINE void TileValues(const float* HWY_RESTRICT p, size_t nqp, const float*
   }
 }
 
-// TileValues over every dim of kR queries from j0: four vectors at a time, then one, then the
+// TileValues over every dim of kR queries from j0: kC vectors at a time, then one, then the
 // scalar rest.
-template <size_t kR>
+template <size_t kR, size_t kC>
 HWY_INLINE void TileValuesOfRows(const float* HWY_RESTRICT p, size_t nqp,
                                  const float* HWY_RESTRICT vf, size_t n, size_t D, size_t j0,
                                  float* HWY_RESTRICT acc) {
   const size_t N = hn::Lanes(DF());
   const size_t full = D / N * N;
   size_t c = 0;
-  for (; c + 4 * N <= full; c += 4 * N) TileValues<kR, 4>(p, nqp, vf, n, D, j0, c, acc);
+  for (; c + kC * N <= full; c += kC * N) TileValues<kR, kC>(p, nqp, vf, n, D, j0, c, acc);
   for (; c < full; c += N) TileValues<kR, 1>(p, nqp, vf, n, D, j0, c, acc);
   for (size_t r = 0; r < kR; ++r) {
     float* HWY_RESTRICT row = acc + (j0 + r) * D;
@@ -235,9 +243,9 @@ void AttendTileT(const KernelArgs& a, const WorkItem& it) {
     WidenRows<T>(a, it, /*is_value=*/true, t0, t1, tile);
     size_t j = 0;
     for (; j + kTileQueries <= NQ; j += kTileQueries) {
-      TileValuesOfRows<kTileQueries>(st, nqp, tile, n, D, j, acc);
+      TileValuesOfRows<kTileQueries, kTileChunks>(st, nqp, tile, n, D, j, acc);
     }
-    for (; j < NQ; ++j) TileValuesOfRows<1>(st, nqp, tile, n, D, j, acc);
+    for (; j < NQ; ++j) TileValuesOfRows<1, 4>(st, nqp, tile, n, D, j, acc);
   }
 
   WriteRows<false, false>(a, it, acc, D, s.m.data(), s.l.data());
