@@ -35,7 +35,8 @@ enum class Bf16Products : int8_t {
 // scatters them (pages of 256 tokens or fewer; the row kernel: decode and short extends).
 enum class PageFetch : int8_t {
   // kFar on AMD family 19h cores with AVX-512 (Zen 4), the one core where it was measured
-  // faster; kNear on the others.
+  // faster; kNear on the others. On a Zen 3 core (family 19h, AVX2) kFar was mixed: 0.78-0.89x
+  // the time for 1 x 32,768 from DRAM, 0.97-1.16x for bf16 32 x 2,048, 1.01-1.06x at two threads.
   kAuto = 0,
   // The rows 16 positions ahead into L1 while rows are read (with 16-token pages: the same row
   // of the next page the block table names), and the first line of each page a step ahead (256
