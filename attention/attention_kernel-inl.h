@@ -97,17 +97,20 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
   const size_t NQ = static_cast<size_t>(rows * G);
   // Query slots: whole groups of four, padded with zero queries whose scores are computed and
   // ignored, wherever a group of four costs about what the queries left over cost on their own:
-  // on AVX-512 when three are left over (ScoresOfKeys<4, 1, kSplit, true>). The dot path lays
+  // when three are left over (on AVX-512 ScoresOfKeys<4, 1, kSplit, true>). The dot path lays
   // its buffers out in groups of four slots too, but scores and sums the real queries only (the
   // padding's probabilities stay zero). GQA 2 in groups of four, against one query at a time, on
   // Emerald Rapids: 0.75-0.86x the time for bf16 and f16, 0.85-0.98x for f32; on AVX2, without
   // the rotated scores, 1.04-1.10x, so not there. Two left over on AVX-512 take the pair path
   // instead (Scores2, Values2): GQA 2 decode, 1 x 2,048, one thread, calls alternated in one
   // process, against the padded group: bf16 0.96x the time (0.76-0.78x in L2), f16 0.88x, f32
-  // 0.96-0.97x.
-  constexpr bool kPadRest = HWY_TARGET <= HWY_AVX3;
-  [[maybe_unused]] const bool pair_rest = kPadRest && !kDot && NQ % kQueryGroup == 2;
-  const bool pad = kDot || (kPadRest && NQ % kQueryGroup == 3);
+  // 0.96-0.97x. Three left over were taken one at a time on AVX2 until a Zen 3 core (BM_DecodeGqa,
+  // 1 x 2,048, one thread, four runs of each build, times against GQA 4 and 8 in the same run)
+  // gave GQA 3 1.34-1.63x the time of GQA 4 for f32, 1.24-1.30x for bf16 and 1.35-1.76x for f16,
+  // and GQA 7 0.93-1.49x that of GQA 8; padded, 0.84-1.16x and 0.88-1.18x.
+  [[maybe_unused]] const bool pair_rest =
+      HWY_TARGET <= HWY_AVX3 && !kDot && NQ % kQueryGroup == 2;
+  const bool pad = kDot || NQ % kQueryGroup == 3;
   const size_t NS = pad ? (NQ + kQueryGroup - 1) / kQueryGroup * kQueryGroup : NQ;
   // Whole groups of four query slots, then a pair (pair_rest), then the rest one at a time.
   const size_t NQ4 = NS / kQueryGroup * kQueryGroup;
