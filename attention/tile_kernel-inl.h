@@ -41,7 +41,8 @@
 HWY_BEFORE_NAMESPACE();
 namespace pagedkv::internal::HWY_NAMESPACE {
 
-// Register blocking: keys x query vectors for scores, queries x dim vectors for values.
+// Register blocking: kTileKeys keys x 2 query vectors for scores, kTileQueries queries x
+// kTileChunks dim vectors for values.
 #if HWY_TARGET <= HWY_AVX3
 constexpr size_t kTileKeys = 8;     // 16 accumulators, 2 query vectors, a broadcast: 19 of 32.
 constexpr size_t kTileQueries = 4;  // 16 accumulators, 4 value vectors, a broadcast: 21 of 32.
