@@ -53,8 +53,8 @@ constexpr size_t kTileKeys = 4;  // 8 + 2 + 1 of 16.
 // (8 + 4 + 1) had GCC fold the value loads into the FMAs, loading each V chunk twice: 10 loads
 // for 8 FMAs, and 45% of bf16 extend's time in that loop against 33% in the scores' (perf, Zen 3,
 // AVX2). Four by two, both compiled into one binary and their calls alternated (extend of 512
-// on 1,536, Zen 3 VM, six runs): f32 0.88-0.96x the time, bf16 0.80-0.86x, f16 0.81-1.08x (two
-// short runs above 1) at one thread; 0.86-0.91x, 0.80-0.87x and 0.85-0.97x at two.
+// on 1,536, Zen 3 VM, eight runs): f32 0.88-0.96x the time, bf16 0.80-0.88x, f16 0.81-1.08x
+// (three runs above 1) at one thread; 0.86-0.91x, 0.80-0.91x and 0.85-1.03x at two (seven).
 constexpr size_t kTileQueries = 4;
 constexpr size_t kTileChunks = 2;
 #endif
