@@ -15,6 +15,7 @@
 #include "attention/reference_attention.h"
 #include "gtest/gtest.h"
 #include "hwy/targets.h"
+#include "test_targets.h"
 #include "test_util.h"
 
 namespace pagedkv {
@@ -29,7 +30,7 @@ Bf16Products bf16_products = Bf16Products::kDot;
 // has vdpbf16ps, the AVX-512 targets run twice, with kDot and kWiden.
 template <typename Fn>
 void ForEachTarget(const Fn& fn) {
-  for (int64_t target : hwy::SupportedAndGeneratedTargets()) {
+  for (int64_t target : test::TestTargets()) {
     const bool avx512 = target == HWY_AVX3 || target == HWY_AVX3_DL;
     for (bool products : {true, false}) {
       if (!products && !(internal::CpuHasBf16Dot() && avx512)) continue;
@@ -197,7 +198,7 @@ TEST(AttentionTest, MatchesReferenceEverywhere) {
     }
   });
   std::string targets;
-  for (int64_t t : hwy::SupportedAndGeneratedTargets()) absl::StrAppend(&targets, " ", hwy::TargetName(t));
+  for (int64_t t : test::TestTargets()) absl::StrAppend(&targets, " ", hwy::TargetName(t));
   std::printf("%lld runs over targets%s (vdpbf16ps %s); worst relative error f32 %.2e, "
               "bf16 %.2e, f16 %.2e\n",
               static_cast<long long>(runs), targets.c_str(),

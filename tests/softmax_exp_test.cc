@@ -6,6 +6,8 @@
 #include <limits>
 #include <vector>
 
+#include "test_targets.h"
+
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "tests/softmax_exp_test.cc"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
@@ -48,7 +50,7 @@ TEST(SoftmaxExpTest, MatchesStdExpOnEveryTarget) {
     x.push_back(kNegInf);
     while (x.size() % 16 != 0) x.push_back(max);
     std::vector<float> out(x.size());
-    for (int64_t target : hwy::SupportedAndGeneratedTargets()) {
+    for (int64_t target : ::pagedkv::test::TestTargets()) {
       hwy::SetSupportedTargetsForTest(target);
       SCOPED_TRACE(absl::StrCat(hwy::TargetName(target), ", max ", max));
       HWY_DYNAMIC_DISPATCH(ExpBelowMaxOf)(x.data(), x.size(), max, out.data());
