@@ -239,12 +239,14 @@ HWY_INLINE void ScoresOfKeys(const float* HWY_RESTRICT q, const float* HWY_RESTR
       for (size_t i = 0; i < kKeys; ++i) e[x][i] = hn::MulAdd(xc, kc[i], e[x][i]);
     }
   }
-  for (size_t x = 0; x < kExtra; ++x) {
-    float sums[4];
-    SumOfFour(e[x][0], e[x][1], e[x][2], e[x][3], sums);
-    for (size_t i = 0; i < kKeys; ++i) {
-      for (size_t d = full; d < D; ++d) sums[i] += extra[x * D + d] * ScalarToF32(k[i * D + d]);
-      scores[(kQueryGroup + x) * t_pad + i] = sums[i];
+  if constexpr (kExtra > 0) {  // (kKeys is 4 here; e[x][3] is out of bounds for fewer keys.)
+    for (size_t x = 0; x < kExtra; ++x) {
+      float sums[4];
+      SumOfFour(e[x][0], e[x][1], e[x][2], e[x][3], sums);
+      for (size_t i = 0; i < kKeys; ++i) {
+        for (size_t d = full; d < D; ++d) sums[i] += extra[x * D + d] * ScalarToF32(k[i * D + d]);
+        scores[(kQueryGroup + x) * t_pad + i] = sums[i];
+      }
     }
   }
   if constexpr (kRotated) {
