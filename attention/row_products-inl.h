@@ -205,8 +205,8 @@ HWY_INLINE void ScoresOfKeys(const float* HWY_RESTRICT q, const float* HWY_RESTR
     for (size_t i = 0; i < kKeys; ++i) LoadPairF32<kSplit>(k + i * D + c, lo[i], hi[i]);
     for (size_t g = 0; g < kGroups; ++g) {
       for (size_t j = 0; j < kQueryGroup; ++j) {
-        const auto qlo = query(g, j, c);
-        const auto qhi = query(g, j, c + N);
+        const auto qlo = InRegister(query(g, j, c));
+        const auto qhi = InRegister(query(g, j, c + N));
         auto* ag = a + g * kKeys;
         for (size_t i = 0; i < kKeys; ++i) ag[i][j] = hn::MulAdd(qlo, lo[i], ag[i][j]);
         for (size_t i = 0; i < kKeys; ++i) ag[i][j] = hn::MulAdd(qhi, hi[i], ag[i][j]);
