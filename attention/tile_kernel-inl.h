@@ -29,6 +29,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "attention/kernel_args.h"
@@ -48,14 +49,18 @@ constexpr size_t kTileKeys = 8;     // 16 accumulators, 2 query vectors, a broad
 constexpr size_t kTileQueries = 4;  // 16 accumulators, 4 value vectors, a broadcast: 21 of 32.
 constexpr size_t kTileChunks = 4;
 #else
-constexpr size_t kTileKeys = 4;  // 8 + 2 + 1 of 16.
-// 8 accumulators + 2 value vectors + a broadcast of 16. Two queries by four value vectors
-// (8 + 4 + 1) had GCC fold the value loads into the FMAs, loading each V chunk twice: 10 loads
-// for 8 FMAs, and 45% of bf16 extend's time in that loop against 33% in the scores' (perf, Zen 3,
-// AVX2). Four by two, both compiled into one binary and their calls alternated (extend of 512
-// on 1,536, Zen 3 VM, eight runs): f32 0.88-0.96x the time, bf16 0.80-0.88x, f16 0.81-1.08x
-// (three runs above 1) at one thread; 0.86-0.91x, 0.80-0.91x and 0.85-1.03x at two (seven).
-constexpr size_t kTileQueries = 4;
+// 12 accumulators + 2 query or value vectors + a broadcast: 15 of 16. With 8 accumulators (four
+// keys or queries by two vectors), each took one FMA per pass of its loop, so the loop could not
+// go faster than the FMA's latency (4 cycles on Zen 3) allowed, which is just the two FMAs a cycle
+// of its throughput: any late operand cost a cycle. Six by two, both compiled into one binary and
+// their calls alternated (extend of 512 on 1,536, Zen 3 VM, three runs): f32 0.89-0.94x the
+// time, bf16 0.86-0.91x, f16 0.90-0.94x at one thread, bf16 0.85-0.92x at two; in two of them the
+// values' blocking alone 0.87-0.97x, the scores' alone 0.95-1.07x. (Before that, two queries by
+// four value vectors had GCC fold the value loads into the FMAs, loading each V chunk twice; four
+// by two measured f32 0.88-0.96x, bf16 0.80-0.88x the time of that.) Keys and queries left over go
+// four at a time.
+constexpr size_t kTileKeys = 6;
+constexpr size_t kTileQueries = 6;
 constexpr size_t kTileChunks = 2;
 #endif
 
@@ -197,11 +202,17 @@ void AttendTileT(const KernelArgs& a, const WorkItem& it) {
 
     WidenRows<T>(a, it, /*is_value=*/false, t0, t1, tile);
     size_t t = 0;
-    for (; t + kTileKeys <= n; t += kTileKeys) {
-      size_t j = 0;
-      for (; j + 2 * N <= nqp; j += 2 * N) TileScores<kTileKeys, 2>(tile, D, qt, nqp, t, j, st);
-      if (j < nqp) TileScores<kTileKeys, 1>(tile, D, qt, nqp, t, j, st);
-    }
+    // kT keys at a time, for as many as there are.
+    const auto scores_of_keys = [&](auto keys) {
+      constexpr size_t kT = decltype(keys)::value;
+      for (; t + kT <= n; t += kT) {
+        size_t j = 0;
+        for (; j + 2 * N <= nqp; j += 2 * N) TileScores<kT, 2>(tile, D, qt, nqp, t, j, st);
+        if (j < nqp) TileScores<kT, 1>(tile, D, qt, nqp, t, j, st);
+      }
+    };
+    scores_of_keys(std::integral_constant<size_t, kTileKeys>());
+    if constexpr (kTileKeys > 4) scores_of_keys(std::integral_constant<size_t, 4>());
     for (; t < n; ++t) {
       for (size_t j = 0; j < nqp; j += N) TileScores<1, 1>(tile, D, qt, nqp, t, j, st);
     }
@@ -245,6 +256,9 @@ void AttendTileT(const KernelArgs& a, const WorkItem& it) {
     size_t j = 0;
     for (; j + kTileQueries <= NQ; j += kTileQueries) {
       TileValuesOfRows<kTileQueries, kTileChunks>(st, nqp, tile, n, D, j, acc);
+    }
+    if constexpr (kTileQueries > 4) {
+      for (; j + 4 <= NQ; j += 4) TileValuesOfRows<4, kTileChunks>(st, nqp, tile, n, D, j, acc);
     }
     for (; j < NQ; ++j) TileValuesOfRows<1, 4>(st, nqp, tile, n, D, j, acc);
   }
