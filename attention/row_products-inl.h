@@ -305,11 +305,15 @@ HWY_INLINE void Scores4(const float* HWY_RESTRICT q, const float* HWY_RESTRICT r
                         ptrdiff_t far) {
   size_t t = 0;
   [[maybe_unused]] size_t extra_done = 0;  // kExtra: keys scored against the extra query.
-  if constexpr (!std::is_same_v<T, float>) {
+  if constexpr (!std::is_same_v<T, float> || HWY_TARGET > HWY_AVX3) {
     // 16-bit pages: several keys per pass (f16 decode, two keys: 0.92-0.94x the time of one;
-    // f32 pages, whose key loads are twice as wide, measured 1.07x). Four where there are 32
-    // registers (16 accumulators, 8 key chunks, 2 query chunks): bf16 decode on Emerald Rapids
-    // 0.88x the time of two keys in L2, 0.95x in L3.
+    // f32 pages, whose key loads are twice as wide, measured 1.07x on AVX-512). Four where there
+    // are 32 registers (16 accumulators, 8 key chunks, 2 query chunks): bf16 decode on Emerald
+    // Rapids 0.88x the time of two keys in L2, 0.95x in L3. f32 pages take two keys too where
+    // there are 16 registers: one key's four accumulators each took two dependent FMAs a pass, at
+    // most one FMA a cycle. f32 decode, GQA 4, Zen 3 VM, calls alternated in one process (two
+    // runs): 1 x 2,048 0.95-0.96x the time contiguous and 0.97-0.98x paged at one and two
+    // threads, 32 x 2,048 0.98-0.99x, 1 x 32,768 1.01-1.02x.
 #if HWY_TARGET <= HWY_AVX3
     for (; t + 4 <= n_keys; t += 4) {
       ScoresOfKeys<4, 1, kSplit, true, kExtra>(q, rot, keys + t * D, D, scores + t, t_pad,
