@@ -12,11 +12,12 @@
 //     those alone, and the last five or six sum values together): vdpbf16ps on bf16 pairs
 //     (bf16_dot-inl.h), queries and probabilities rounded to bf16, f32 sums;
 //   - otherwise K and V rows are widened to f32 in registers, once per group of four queries
-//     (bf16: split into even and odd dims by a shift and a mask, LoadPairF32). On AVX-512, four
-//     keys are scored at a time against the group laid out in rotated blocks, so that 16 dot
-//     products are summed with one transpose (RotateQueries); three queries left over are
-//     padded to a group, and two take a pair path (Scores2, Values2: eight keys against the
-//     pair); V rows (and f16 K rows) are widened once per two groups (eight queries: GQA 8, or
+//     (bf16: split into even and odd dims by a shift and a mask, LoadPairF32); three queries
+//     left over are padded to a group, two take a pair path (Scores2, Values2: eight keys
+//     against the pair on AVX-512, four elsewhere), and one scores four keys at a time
+//     (Scores1). On AVX-512, four keys are scored at a time against the group laid out in
+//     rotated blocks, so that 16 dot products are summed with one transpose (RotateQueries);
+//     V rows (and f16 K rows) are widened once per two groups (eight queries: GQA 8, or
 //     GQA 4 with two query rows), Values8 and Scores8, and V rows once for a group and the one
 //     or two queries after it (GQA 5 and 6, ValuesOf<5> and ValuesOf<6>), and K rows
 //     once for a group and the query after it (GQA 5, Scores4<kSplit, 1>).
@@ -101,15 +102,16 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
   // its buffers out in groups of four slots too, but scores and sums the real queries only (the
   // padding's probabilities stay zero). GQA 2 in groups of four, against one query at a time, on
   // Emerald Rapids: 0.75-0.86x the time for bf16 and f16, 0.85-0.98x for f32; on AVX2, without
-  // the rotated scores, 1.04-1.10x, so not there. Two left over on AVX-512 take the pair path
-  // instead (Scores2, Values2): GQA 2 decode, 1 x 2,048, one thread, calls alternated in one
-  // process, against the padded group: bf16 0.96x the time (0.76-0.78x in L2), f16 0.88x, f32
-  // 0.96-0.97x. Three left over were taken one at a time on AVX2 until a Zen 3 core (BM_DecodeGqa,
-  // 1 x 2,048, one thread, four runs of each build, times against GQA 4 and 8 in the same run)
-  // gave GQA 3 1.34-1.63x the time of GQA 4 for f32, 1.24-1.30x for bf16 and 1.35-1.76x for f16,
-  // and GQA 7 0.93-1.49x that of GQA 8; padded, 0.84-1.16x and 0.88-1.18x.
-  [[maybe_unused]] const bool pair_rest =
-      HWY_TARGET <= HWY_AVX3 && !kDot && NQ % kQueryGroup == 2;
+  // the rotated scores, 1.04-1.10x, so not there. Two left over take the pair path instead
+  // (Scores2, Values2): GQA 2 decode, 1 x 2,048, one thread, calls alternated in one process, on
+  // AVX-512 against the padded group: bf16 0.96x the time (0.76-0.78x in L2), f16 0.88x, f32
+  // 0.96-0.97x; on AVX2 (Zen 3 VM, two runs) against one query at a time: f32 0.85x, f16
+  // 0.90-0.93x, bf16 1.00-1.01x (contiguous 0.90-1.06x, 32 x 2,048 0.98-1.02x), GQA 6 0.94-1.02x
+  // over the three dtypes. Three left over were taken one at a time on AVX2 until a Zen 3 core
+  // (BM_DecodeGqa, 1 x 2,048, one thread, four runs of each build, times against GQA 4 and 8 in the
+  // same run) gave GQA 3 1.34-1.63x the time of GQA 4 for f32, 1.24-1.30x for bf16 and 1.35-1.76x
+  // for f16, and GQA 7 0.93-1.49x that of GQA 8; padded, 0.84-1.16x and 0.88-1.18x.
+  const bool pair_rest = !kDot && NQ % kQueryGroup == 2;
   const bool pad = kDot || NQ % kQueryGroup == 3;
   const size_t NS = pad ? (NQ + kQueryGroup - 1) / kQueryGroup * kQueryGroup : NQ;
   // Whole groups of four query slots, then a pair (pair_rest), then the rest one at a time.
@@ -413,13 +415,11 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
             Scores4<kSplit>(q_all + j * D, rot, keys, n_part, D, scores_all + j * t_pad + col,
                             t_pad, fetch_k, lead_v, far_off);
           }
-#if HWY_TARGET <= HWY_AVX3
           if (pair_rest && j < NQ) {
             Scores2<kSplit>(q_all + j * D, keys, n_part, D, scores_all + j * t_pad + col, t_pad,
                             j == 0 ? lead_k : nullptr, lead_v, far_off);
             j += 2;
           }
-#endif
           for (; j < NQ; ++j) {  // From NQ4.
             Scores1<kSplit>(q_all + j * D, keys, n_part, D, scores_all + j * t_pad + col,
                             j == 0 ? lead_k : nullptr, lead_v, far_off);
@@ -523,13 +523,11 @@ void AttendItemT(const KernelArgs& a, const WorkItem& it) {
           ValuesOf<kQueryGroup, kSplit>(scores_all + j * t_pad, t_pad, all, num_runs, D,
                                         acc_all + j * D, fetch());
         }
-#if HWY_TARGET <= HWY_AVX3
         if (pair_rest && j < NQ) {
           Values2<kSplit>(scores_all + j * t_pad, t_pad, all, num_runs, D, acc_all + j * D,
                           fetch());
           j += 2;
         }
-#endif
         for (; j < NQ; ++j) {  // From NQ4.
           for (const PageSegment<T>& run : segments) {
             Values1<kSplit>(scores_all + j * t_pad + run.col, run.values, run.n, D, acc_all + j * D,
