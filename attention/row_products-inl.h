@@ -626,26 +626,18 @@ HWY_INLINE void Values1(const float* HWY_RESTRICT p, const T* HWY_RESTRICT value
   }
 }
 
-#if HWY_TARGET <= HWY_AVX3
-// Scores of eight consecutive key rows at k against two queries (D floats apart from q):
-// scores[j * t_pad + i] = q[j] . row i. Each key chunk widened feeds both queries (16
-// accumulators), and the 16 dot products are summed by one transpose: per accumulator the lanes
-// of each 128-bit block (BlockSumsOfFour), then the blocks, 45 vector ops, which leave each
-// query's eight scores in one half for a 256-bit store (in place of 16 scalar stores: GQA 2
-// decode, 1 x 2,048, one thread, calls alternated in one process, over the three dtypes and two
-// runs: 0.92-1.00x the time of the fastest call, 0.88-1.04x the median, where GQA 4, which
-// does not come here, measured 0.99-1.00x). The rows kLeadRows on (fetch_k, fetch_v; null:
-// none) are prefetched a slice per pass, as ScoresOfKeys.
-template <bool kSplit, typename T>
-HWY_INLINE void ScoresOfEightKeys2(const float* HWY_RESTRICT q, const T* HWY_RESTRICT k, size_t D,
-                                   float* HWY_RESTRICT scores, size_t t_pad, const T* fetch_k,
-                                   const T* fetch_v, ptrdiff_t far) {
-  constexpr size_t kKeys = 8;
+// The products of kKeys consecutive key rows at k with two queries (D floats apart from q), lane
+// by lane: a[i][j] for row i and query j over the first D / N * N dims. Each key chunk widened
+// feeds both queries. The rows kLeadRows on (fetch_k, fetch_v; null: none) are prefetched a slice
+// per pass, as ScoresOfKeys.
+template <size_t kKeys, bool kSplit, typename T>
+HWY_INLINE void PairProducts(const float* HWY_RESTRICT q, const T* HWY_RESTRICT k, size_t D,
+                             const T* fetch_k, const T* fetch_v, ptrdiff_t far,
+                             hn::Vec<DF> (&a)[kKeys][2]) {
   const DF df;
   const size_t N = hn::Lanes(df);
   const size_t full = D / N * N;
   const size_t lead_bytes = kKeys * D * sizeof(T);
-  hn::Vec<DF> a[kKeys][2];
   for (size_t i = 0; i < kKeys; ++i) a[i][0] = a[i][1] = hn::Zero(df);
   size_t c = 0;
   for (; c + 2 * N <= full; c += 2 * N) {
@@ -654,8 +646,10 @@ HWY_INLINE void ScoresOfEightKeys2(const float* HWY_RESTRICT q, const T* HWY_RES
       PrefetchRows(BytesAhead(fetch_k, off), BytesAhead(fetch_v, off), 2 * kKeys * N * sizeof(T),
                    far);
     }
-    const auto q0lo = hn::LoadU(df, q + c), q0hi = hn::LoadU(df, q + c + N);
-    const auto q1lo = hn::LoadU(df, q + D + c), q1hi = hn::LoadU(df, q + D + c + N);
+    const auto q0lo = InRegister(hn::LoadU(df, q + c));
+    const auto q0hi = InRegister(hn::LoadU(df, q + c + N));
+    const auto q1lo = InRegister(hn::LoadU(df, q + D + c));
+    const auto q1hi = InRegister(hn::LoadU(df, q + D + c + N));
     for (size_t i = 0; i < kKeys; ++i) {
       hn::Vec<DF> lo, hi;
       LoadPairF32<kSplit>(k + i * D + c, lo, hi);
@@ -675,6 +669,40 @@ HWY_INLINE void ScoresOfEightKeys2(const float* HWY_RESTRICT q, const T* HWY_RES
       a[i][1] = hn::MulAdd(q1, kc, a[i][1]);
     }
   }
+}
+
+// Adds the products past the last whole vector (dims from D / N * N) to the sums of kKeys rows at
+// k with the two queries at q (sums[j * kKeys + i]: row i, query j) and writes them to scores
+// (rows t_pad apart).
+template <size_t kKeys, typename T>
+HWY_INLINE void WritePairScores(const float* HWY_RESTRICT q, const T* HWY_RESTRICT k, size_t D,
+                                const float* sums, float* HWY_RESTRICT scores, size_t t_pad) {
+  const size_t full = D / hn::Lanes(DF()) * hn::Lanes(DF());
+  for (size_t j = 0; j < 2; ++j) {
+    for (size_t i = 0; i < kKeys; ++i) {
+      float sum = sums[j * kKeys + i];
+      for (size_t d = full; d < D; ++d) sum += q[j * D + d] * ScalarToF32(k[i * D + d]);
+      scores[j * t_pad + i] = sum;
+    }
+  }
+}
+
+#if HWY_TARGET <= HWY_AVX3
+// Scores of eight consecutive key rows at k against two queries (D floats apart from q):
+// scores[j * t_pad + i] = q[j] . row i. The products are PairProducts' (16 accumulators), and the
+// 16 dot products are summed by one transpose: per accumulator the lanes of each 128-bit block
+// (BlockSumsOfFour), then the blocks, 45 vector ops, which leave each query's eight scores in one
+// half for a 256-bit store (in place of 16 scalar stores: GQA 2 decode, 1 x 2,048, one thread,
+// calls alternated in one process, over the three dtypes and two runs: 0.92-1.00x the time of the
+// fastest call, 0.88-1.04x the median, where GQA 4, which does not come here, measured
+// 0.99-1.00x). Prefetches as PairProducts.
+template <bool kSplit, typename T>
+HWY_INLINE void ScoresOfEightKeys2(const float* HWY_RESTRICT q, const T* HWY_RESTRICT k, size_t D,
+                                   float* HWY_RESTRICT scores, size_t t_pad, const T* fetch_k,
+                                   const T* fetch_v, ptrdiff_t far) {
+  constexpr size_t kKeys = 8;
+  hn::Vec<DF> a[kKeys][2];
+  PairProducts<kKeys, kSplit>(q, k, D, fetch_k, fetch_v, far, a);
   // Per 128-bit block b: lane i holds that block's part of (keys 0-3 or 4-7) . query j.
   const __m512 s0 = BlockSumsOfFour(a[0][0], a[1][0], a[2][0], a[3][0]).raw;
   const __m512 s1 = BlockSumsOfFour(a[4][0], a[5][0], a[6][0], a[7][0]).raw;
@@ -690,75 +718,31 @@ HWY_INLINE void ScoresOfEightKeys2(const float* HWY_RESTRICT q, const T* HWY_RES
   // scores in one half.
   const __m512 v =
       _mm512_add_ps(_mm512_shuffle_f32x4(p01, p23, 0x88), _mm512_shuffle_f32x4(p01, p23, 0xDD));
-  if (full == D) {
+  if (D % hn::Lanes(DF()) == 0) {
     _mm256_storeu_ps(scores, _mm512_castps512_ps256(v));
     _mm256_storeu_ps(scores + t_pad, _mm512_extractf32x8_ps(v, 1));
     return;
   }
   float sums[16];
   _mm512_storeu_ps(sums, v);
-  for (size_t j = 0; j < 2; ++j) {
-    for (size_t i = 0; i < kKeys; ++i) {
-      float sum = sums[j * kKeys + i];
-      for (size_t d = full; d < D; ++d) sum += q[j * D + d] * ScalarToF32(k[i * D + d]);
-      scores[j * t_pad + i] = sum;
-    }
-  }
+  WritePairScores<kKeys>(q, k, D, sums, scores, t_pad);
 }
 #else
 // ScoresOfEightKeys2 where there are 16 registers: four keys against the two queries, 8
-// accumulators + 4 query chunks + a widened key pair, and each query's four scores summed by
-// SumOfFour. (Two keys with each accumulator split in two, for even and odd chunks, as Scores1
-// does, took 1.08x the time for bf16 and f16 GQA 2 on the Zen 3 VM.)
+// accumulators + 4 query chunks + a widened key pair (PairProducts), and each query's four scores
+// summed by SumOfFour. (Two keys with each accumulator split in two, for even and odd chunks, as
+// Scores1 does, took 1.08x the time for bf16 and f16 GQA 2 on the Zen 3 VM.)
 template <bool kSplit, typename T>
 HWY_INLINE void ScoresOfFourKeys2(const float* HWY_RESTRICT q, const T* HWY_RESTRICT k, size_t D,
                                   float* HWY_RESTRICT scores, size_t t_pad, const T* fetch_k,
                                   const T* fetch_v, ptrdiff_t far) {
   constexpr size_t kKeys = 4;
-  const DF df;
-  const size_t N = hn::Lanes(df);
-  const size_t full = D / N * N;
-  const size_t lead_bytes = kKeys * D * sizeof(T);
-  hn::Vec<DF> a[2][kKeys];
-  for (size_t i = 0; i < kKeys; ++i) a[0][i] = a[1][i] = hn::Zero(df);
-  size_t c = 0;
-  for (; c + 2 * N <= full; c += 2 * N) {
-    if (fetch_k != nullptr) {
-      const size_t off = kKeys * c * sizeof(T);
-      PrefetchRows(BytesAhead(fetch_k, off), BytesAhead(fetch_v, off), 2 * kKeys * N * sizeof(T),
-                   far);
-    }
-    const auto q0lo = InRegister(hn::LoadU(df, q + c));
-    const auto q0hi = InRegister(hn::LoadU(df, q + c + N));
-    const auto q1lo = InRegister(hn::LoadU(df, q + D + c));
-    const auto q1hi = InRegister(hn::LoadU(df, q + D + c + N));
-    for (size_t i = 0; i < kKeys; ++i) {
-      hn::Vec<DF> lo, hi;
-      LoadPairF32<kSplit>(k + i * D + c, lo, hi);
-      a[0][i] = hn::MulAdd(q0hi, hi, hn::MulAdd(q0lo, lo, a[0][i]));
-      a[1][i] = hn::MulAdd(q1hi, hi, hn::MulAdd(q1lo, lo, a[1][i]));
-    }
-  }
-  if (fetch_k != nullptr && kKeys * c * sizeof(T) < lead_bytes) {
-    const size_t off = kKeys * c * sizeof(T);
-    PrefetchRows(BytesAhead(fetch_k, off), BytesAhead(fetch_v, off), lead_bytes - off, far);
-  }
-  for (; c < full; c += N) {  // Past the whole pairs: in natural order (SplitDims).
-    const auto q0 = hn::LoadU(df, q + c), q1 = hn::LoadU(df, q + D + c);
-    for (size_t i = 0; i < kKeys; ++i) {
-      const auto kc = LoadF32(k + i * D + c);
-      a[0][i] = hn::MulAdd(q0, kc, a[0][i]);
-      a[1][i] = hn::MulAdd(q1, kc, a[1][i]);
-    }
-  }
-  for (size_t j = 0; j < 2; ++j) {
-    float sums[kKeys];
-    SumOfFour(a[j][0], a[j][1], a[j][2], a[j][3], sums);
-    for (size_t i = 0; i < kKeys; ++i) {
-      for (size_t d = full; d < D; ++d) sums[i] += q[j * D + d] * ScalarToF32(k[i * D + d]);
-      scores[j * t_pad + i] = sums[i];
-    }
-  }
+  hn::Vec<DF> a[kKeys][2];
+  PairProducts<kKeys, kSplit>(q, k, D, fetch_k, fetch_v, far, a);
+  float sums[2 * kKeys];
+  SumOfFour(a[0][0], a[1][0], a[2][0], a[3][0], sums);
+  SumOfFour(a[0][1], a[1][1], a[2][1], a[3][1], sums + kKeys);
+  WritePairScores<kKeys>(q, k, D, sums, scores, t_pad);
 }
 #endif
 
