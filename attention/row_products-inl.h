@@ -731,7 +731,8 @@ HWY_INLINE void ScoresOfEightKeys2(const float* HWY_RESTRICT q, const T* HWY_RES
 // ScoresOfEightKeys2 where there are 16 registers: four keys against the two queries, 8
 // accumulators + 4 query chunks + a widened key pair (PairProducts), and each query's four scores
 // summed by SumOfFour. (Two keys with each accumulator split in two, for even and odd chunks, as
-// Scores1 does, took 1.08x the time for bf16 and f16 GQA 2 on the Zen 3 VM.)
+// Scores1 does, took 1.08x the time of one query at a time for bf16 and f16 GQA 2 on the Zen 3
+// VM, where four keys took 0.90-1.01x.)
 template <bool kSplit, typename T>
 HWY_INLINE void ScoresOfFourKeys2(const float* HWY_RESTRICT q, const T* HWY_RESTRICT k, size_t D,
                                   float* HWY_RESTRICT scores, size_t t_pad, const T* fetch_k,

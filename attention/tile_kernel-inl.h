@@ -55,7 +55,7 @@ constexpr size_t kTileChunks = 4;
 // of its throughput: any late operand cost a cycle. Six by two, both compiled into one binary and
 // their calls alternated (extend of 512 on 1,536, Zen 3 VM, three runs): f32 0.89-0.94x the
 // time, bf16 0.86-0.91x, f16 0.90-0.94x at one thread, bf16 0.85-0.92x at two; in two of them the
-// values' blocking alone 0.87-0.97x, the scores' alone 0.95-1.07x. (Before that, two queries by
+// values' blocking alone 0.87-0.97x, the scores' alone 0.94-1.07x. (Before that, two queries by
 // four value vectors had GCC fold the value loads into the FMAs, loading each V chunk twice; four
 // by two measured f32 0.88-0.96x, bf16 0.80-0.88x the time of that.) Keys and queries left over go
 // four at a time.
